@@ -1,0 +1,19 @@
+"""Offline datasets: `load(name, split=..., **options)`; `available()` lists the names."""
+
+from course_lib.data import sequences, text  # noqa: F401  (importing registers the datasets)
+from course_lib.data.loaders import (
+    CourseDataModule,
+    EpochSampler,
+    ResumableDataLoader,
+    SequenceDataModule,
+    TextDataModule,
+)
+from course_lib.data.registry import SPLITS, available, load, register
+from course_lib.data.sequences import IGNORE, SequenceTaskDataset
+from course_lib.data.text import ByteTextDataset, corpus_text, decode, encode
+
+__all__ = [
+    "IGNORE", "SPLITS", "ByteTextDataset", "CourseDataModule", "EpochSampler", "ResumableDataLoader",
+    "SequenceDataModule", "SequenceTaskDataset", "TextDataModule", "available", "corpus_text", "decode",
+    "encode", "load", "register",
+]

@@ -1,0 +1,34 @@
+"""One entry point for every dataset of the course: `load(name, split=..., **options)`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+SPLITS = ("train", "val", "test")
+_LOADERS: dict[str, Callable] = {}
+
+
+def register(name: str) -> Callable[[Callable], Callable]:
+    """Decorator: make `loader(split=..., **options)` available as `load(name, ...)`."""
+
+    def add(loader: Callable) -> Callable:
+        if name in _LOADERS:
+            raise ValueError(f"dataset name={name!r} is registered twice")
+        _LOADERS[name] = loader
+        return loader
+
+    return add
+
+
+def available() -> list[str]:
+    """The names `load` accepts, sorted."""
+    return sorted(_LOADERS)
+
+
+def load(name: str, split: str = "train", **options):
+    """Build dataset `name` for `split` ('train', 'val' or 'test'); options go to that dataset."""
+    if name not in _LOADERS:
+        raise ValueError(f"dataset name={name!r} is unknown; available: {', '.join(available())}")
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; expected one of {SPLITS}")
+    return _LOADERS[name](split=split, **options)

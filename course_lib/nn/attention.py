@@ -1,0 +1,165 @@
+"""Scaled dot-product attention (explicit and fused paths), masks, and multi-head attention.
+
+Masks follow `torch.nn.functional.scaled_dot_product_attention`: a boolean mask is True where a
+query may attend to a key, and broadcasts to (batch, heads, queries, keys).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+Impl = Literal["explicit", "fused"]
+
+
+def causal_mask(queries: int, keys: int | None = None, *, device: torch.device | None = None) -> Tensor:
+    """(queries, keys) boolean mask: query i sees keys up to i (aligned at the end when keys > queries)."""
+    keys = queries if keys is None else keys
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(diagonal=keys - queries)
+
+
+def padding_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """(batch, 1, 1, max_len) boolean mask that hides the padding after each sequence's length."""
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths has shape {tuple(lengths.shape)}; expected one length per sequence")
+    if (lengths < 1).any() or (lengths > max_len).any():
+        raise ValueError(f"lengths={lengths.tolist()} must lie in [1, max_len={max_len}]")
+    positions = torch.arange(max_len, device=lengths.device)
+    return rearrange(positions < rearrange(lengths, "b -> b 1"), "b k -> b 1 1 k")
+
+
+def block_mask(block_sizes: list[int], *, device: torch.device | None = None) -> Tensor:
+    """(L, L) boolean block-diagonal mask: tokens attend only within their own block (packed sequences)."""
+    if not block_sizes or any(size < 1 for size in block_sizes):
+        raise ValueError(f"block_sizes={block_sizes!r} must be a non-empty list of positive ints")
+    block_id = torch.repeat_interleave(
+        torch.arange(len(block_sizes), device=device), torch.tensor(block_sizes, device=device)
+    )
+    return block_id[:, None] == block_id[None, :]
+
+
+def _check_mask(mask: Tensor, scores_shape: tuple[int, ...]) -> None:
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask has dtype {mask.dtype}; expected torch.bool (True = may attend)")
+    try:
+        torch.broadcast_shapes(mask.shape, scores_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"mask has shape {tuple(mask.shape)}, which does not broadcast to the attention scores "
+            f"(batch, heads, queries, keys) = {scores_shape}"
+        ) from None
+    if mask.dim() > len(scores_shape):
+        raise ValueError(f"mask has {mask.dim()} dims; expected at most {len(scores_shape)}")
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    *,
+    causal: bool = False,
+    dropout: float = 0.0,
+    impl: Impl = "explicit",
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """softmax(q kᵀ / √d) v over the last two dims of (..., L, d) tensors.
+
+    `impl="explicit"` spells the computation out and can return the attention weights;
+    `impl="fused"` calls PyTorch's fused kernel (faster, less memory, no weights).
+    A query whose keys are all masked gets a zero output rather than NaN.
+    """
+    if q.shape[-1] != k.shape[-1] or k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: q and k must share the "
+            "feature size and k and v the leading dims"
+        )
+    if impl not in ("explicit", "fused"):
+        raise ValueError(f"impl={impl!r}; expected 'explicit' or 'fused'")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout={dropout} must lie in [0, 1)")
+    scores_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
+    if mask is not None:
+        _check_mask(mask, scores_shape)
+    if causal:
+        allowed = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
+        mask = allowed if mask is None else mask & allowed
+    if impl == "fused":
+        if return_weights:
+            raise ValueError("return_weights=True needs impl='explicit': the fused kernel never forms them")
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        if mask is not None:  # the fused kernel leaves NaN (or garbage) where a query sees no key
+            out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+        return out
+
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., Lq, Lk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if mask is not None:
+        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # rows with no key: NaN -> 0
+    if dropout > 0.0:
+        weights = F.dropout(weights, p=dropout)
+    out = weights @ v  # (..., Lq, d_v)
+    return (out, weights) if return_weights else out
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: project to heads, attend in each, concatenate, project back.
+
+    Self-attention by default; pass `context` for cross-attention. `rope`, when given, rotates
+    queries and keys by position before the dot product.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        context_dim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        impl: Impl = "fused",
+    ) -> None:
+        super().__init__()
+        if dim <= 0 or heads <= 0:
+            raise ValueError(f"dim={dim} and heads={heads} must be positive")
+        if dim % heads != 0:
+            raise ValueError(f"dim={dim} is not divisible by heads={heads}")
+        context_dim = dim if context_dim is None else context_dim
+        self.heads, self.head_dim, self.dropout, self.impl = heads, dim // heads, dropout, impl
+        self.to_q = nn.Linear(dim, dim, bias=bias)
+        self.to_k = nn.Linear(context_dim, dim, bias=bias)
+        self.to_v = nn.Linear(context_dim, dim, bias=bias)
+        self.to_out = nn.Linear(dim, dim, bias=bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        rope: nn.Module | None = None,
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """(B, L, dim) -> (B, L, dim); with `return_weights`, also the (B, heads, L, L_context) weights."""
+        context = x if context is None else context
+        q = rearrange(self.to_q(x), "b l (h d) -> b h l d", h=self.heads)
+        k = rearrange(self.to_k(context), "b l (h d) -> b h l d", h=self.heads)
+        v = rearrange(self.to_v(context), "b l (h d) -> b h l d", h=self.heads)
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        impl = "explicit" if return_weights else self.impl
+        result = scaled_dot_product_attention(
+            q, k, v, mask, causal=causal, dropout=self.dropout if self.training else 0.0,
+            impl=impl, return_weights=return_weights,
+        )
+        out, weights = result if return_weights else (result, None)
+        out = self.to_out(rearrange(out, "b h l d -> b l (h d)"))
+        return (out, weights) if return_weights else out

@@ -1,0 +1,16 @@
+"""Training on Lightning: modules that add losses and metrics to any model, and one trainer factory."""
+
+from course_lib.train.modules import (
+    ClassificationModule,
+    CourseModule,
+    LanguageModelModule,
+    Seq2SeqModule,
+    classification_metrics,
+    warmup_cosine,
+)
+from course_lib.train.trainer import RandomStateCallback, ThroughputCallback, find_callback, make_trainer
+
+__all__ = [
+    "ClassificationModule", "CourseModule", "LanguageModelModule", "RandomStateCallback", "Seq2SeqModule",
+    "ThroughputCallback", "classification_metrics", "find_callback", "make_trainer", "warmup_cosine",
+]
