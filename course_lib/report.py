@@ -79,7 +79,7 @@ def _format(metrics: Mapping[str, float], key: str) -> str:
     if key not in metrics:
         return "—"
     value = metrics[key]
-    return f"{value:.4g}"
+    return f"{value:#.4g}"
 
 
 def gather_results(folder: Path | None = None) -> str:

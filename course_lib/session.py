@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import sys
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,8 @@ def quiet_lightning() -> None:
     """Keep Lightning's start-up banners (accelerator lines, tips) out of the notebooks; warnings still show."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # An internal deprecation inside Lightning itself, not something a learner can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def setup(profile: str = "default", *, seed: int = 0, threads: int | None = None) -> Session:

@@ -66,7 +66,10 @@ def corpus_text(source: str = "docs", split: str = "train") -> str:
 
 def encode(text: str) -> Tensor:
     """UTF-8 bytes as a uint8 tensor: a vocabulary of 256 that needs no tokenizer."""
-    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).clone()
+    data = text.encode("utf-8")
+    if not data:  # torch.frombuffer refuses an empty buffer
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
 
 
 def decode(tokens: Tensor) -> str:

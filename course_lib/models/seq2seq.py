@@ -11,7 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from course_lib.nn import SinusoidalPositionalEncoding, TransformerBlock, TransformerEncoder, make_norm
+from course_lib.nn import (
+    SinusoidalPositionalEncoding,
+    TransformerBlock,
+    TransformerEncoder,
+    make_norm,
+)
 
 
 @dataclass

@@ -31,8 +31,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        rms = torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (x.float() * rms).to(x.dtype) * self.weight
+        x_wide = x.to(torch.promote_types(x.dtype, torch.float32))  # at least float32, float64 stays float64
+        rms = torch.rsqrt(x_wide.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x_wide * rms).to(x.dtype) * self.weight
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:

@@ -8,7 +8,12 @@ from course_lib.train.modules import (
     classification_metrics,
     warmup_cosine,
 )
-from course_lib.train.trainer import RandomStateCallback, ThroughputCallback, find_callback, make_trainer
+from course_lib.train.trainer import (
+    RandomStateCallback,
+    ThroughputCallback,
+    find_callback,
+    make_trainer,
+)
 
 __all__ = [
     "ClassificationModule", "CourseModule", "LanguageModelModule", "RandomStateCallback", "Seq2SeqModule",

@@ -20,11 +20,12 @@ def _check_layer(weights: Tensor, argument: str = "weights") -> Tensor:
     return weights
 
 
-def _draw(ax, matrix: Tensor, title: str, labels: Sequence[str] | None) -> None:
+def _draw(ax, matrix: Tensor, title: str, labels: Sequence[str] | None, *, ylabel: bool = True):
     image = ax.imshow(matrix.numpy(), vmin=0.0, vmax=max(1e-6, float(matrix.max())), cmap="viridis")
     ax.set_title(title)
     ax.set_xlabel("key position")
-    ax.set_ylabel("query position")
+    if ylabel:
+        ax.set_ylabel("query position")
     ax.grid(False)
     if labels is not None:
         ax.set_xticks(range(len(labels)), labels, fontsize=7)
@@ -41,7 +42,7 @@ def attention_heads(weights: Tensor, *, title: str = "", labels: Sequence[str] |
     figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.0 * rows), squeeze=False)
     for head, ax in enumerate(axes.flat):
         if head < heads:
-            image = _draw(ax, weights[head], f"head {head}", labels)
+            image = _draw(ax, weights[head], f"head {head}", labels, ylabel=head % columns == 0)
         else:
             ax.axis("off")
     figure.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
@@ -54,7 +55,7 @@ def attention_layers(layers: Sequence[Tensor], *, title: str = "", labels: Seque
     maps = [_check_layer(w, f"layers[{i}]").mean(0) for i, w in enumerate(layers)]
     figure, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.2), squeeze=False)
     for i, (ax, matrix) in enumerate(zip(axes[0], maps)):
-        image = _draw(ax, matrix, f"layer {i} (mean of heads)", labels)
+        image = _draw(ax, matrix, f"layer {i} (mean of heads)", labels, ylabel=i == 0)
     figure.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
     figure.suptitle(title)
     return figure

@@ -1,0 +1,27 @@
+"""Shared test set-up: a non-interactive plotting backend and the offline environment for subprocesses."""
+
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+NETBLOCK = ROOT / "tests" / "netblock"
+
+
+def offline_env(runs_dir: Path) -> dict[str, str]:
+    """Environment for a child process with the network blocked and results written to `runs_dir`."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(NETBLOCK), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["COURSE_RUNS_DIR"] = str(runs_dir)
+    env["MPLBACKEND"] = "Agg"
+    env["PYTHONHASHSEED"] = "0"
+    env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    env.pop("HF_HUB_OFFLINE", None)  # nothing hides a download attempt: it must fail loudly instead
+    return env
+
+
+PYTHON = sys.executable
