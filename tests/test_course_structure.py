@@ -101,3 +101,22 @@ def test_solution_region_becomes_a_prompt_at_its_indentation():
     assert stripped.splitlines() == [
         "def f(x):", "    " + make_student.PROMPT, "    raise NotImplementedError", "", "check(f)",
     ]
+
+
+def test_environment_yml_installs_what_make_installs():
+    """conda users get the same packages: the project with its dev extra, under the same constraints."""
+    makefile = (ROOT / "Makefile").read_text()
+    environment = (ROOT / "environment.yml").read_text()
+    assert '-c constraints.txt -e ".[dev]"' in makefile
+    assert "- -c constraints.txt" in environment and "- -e .[dev]" in environment
+
+
+def test_ci_runs_make_test_and_nothing_else():
+    lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert lines[-1] == "make test" and not any("pytest" in line for line in lines)
+
+
+def test_constraints_pin_torch_and_its_triton():
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line and not line.startswith("#"))
+    assert pins["torch"] == "2.13.0"
+    assert pins["triton"] == "3.7.1", "torch 2.13.0's CUDA builds require triton 3.7.1"

@@ -1,5 +1,5 @@
 """Exercise checkers: `from course_lib.checks import attention as check; check.causal_mask(my_function)`."""
 
-from course_lib.checks.core import Case, FunctionChecker, ModuleChecker, first_mismatch
+from course_lib.checks.core import Case, Checker, FunctionChecker, ModuleChecker, first_mismatch
 
-__all__ = ["Case", "FunctionChecker", "ModuleChecker", "first_mismatch"]
+__all__ = ["Case", "Checker", "FunctionChecker", "ModuleChecker", "first_mismatch"]

@@ -83,13 +83,17 @@ def _call(name: str, function: Callable, case: Case, hint: str) -> Any:
         _fail(name, f"raised {type(error).__name__}: {error} (on {case.description})", hint)
 
 
-class FunctionChecker:
-    """Checks a function against `reference` on every case the `cases` factory returns."""
+class Checker:
+    """What every checker holds: a name, the reference, a factory of cases, a hint and the tolerances."""
 
-    def __init__(self, name: str, reference: Callable, cases: Callable[[], Sequence[Case]], *, hint: str = "",
+    def __init__(self, name: str, reference: Callable, cases: Callable[[], Sequence], *, hint: str = "",
                  atol: float = 1e-5, rtol: float = 1e-4) -> None:
         self.name, self.reference, self.cases, self.hint = name, reference, cases, hint
         self.atol, self.rtol = atol, rtol
+
+
+class FunctionChecker(Checker):
+    """Checks a function against `reference` on every case the `cases` factory returns."""
 
     def __call__(self, function: Callable) -> bool:
         cases = list(self.cases())
@@ -103,14 +107,10 @@ class FunctionChecker:
         return True
 
 
-class ModuleChecker:
+class ModuleChecker(Checker):
     """Checks an `nn.Module` class: built with each case's constructor arguments, given the reference's
-    weights, it must produce the reference's outputs on the case's inputs."""
-
-    def __init__(self, name: str, reference: type[nn.Module], cases: Callable[[], Sequence[tuple[Case, Case]]], *,
-                 hint: str = "", atol: float = 1e-5, rtol: float = 1e-4) -> None:
-        self.name, self.reference, self.cases, self.hint = name, reference, cases, hint
-        self.atol, self.rtol = atol, rtol
+    weights, it must produce the reference's outputs on the case's inputs. `cases` returns
+    (constructor case, call case) pairs."""
 
     def __call__(self, module_class: type[nn.Module]) -> bool:
         pairs = list(self.cases())
