@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 SPLITS = ("train", "val", "test")
@@ -31,4 +32,9 @@ def load(name: str, split: str = "train", **options):
         raise ValueError(f"dataset name={name!r} is unknown; available: {', '.join(available())}")
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; expected one of {SPLITS}")
-    return _LOADERS[name](split=split, **options)
+    loader = _LOADERS[name]
+    accepted = [p for p in inspect.signature(loader).parameters if p != "split"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"dataset {name!r} has no option {', '.join(unknown)}; its options are {', '.join(accepted)}")
+    return loader(split=split, **options)

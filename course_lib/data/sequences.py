@@ -63,7 +63,8 @@ def _generate(
         have += int(keep.sum())
         if have >= n:
             return torch.cat(keep_inputs)[:n], torch.cat(keep_targets)[:n]
-    raise ValueError(f"could not draw n={n} distinct {split} sequences; make the task larger")
+    raise ValueError(f"could not draw n={n} {split} sequences: too few possible sequences fall in this split; "
+                     "make the task larger (longer sequences or a bigger vocabulary)")
 
 
 def _check_positive(**values: int) -> None:
