@@ -10,6 +10,7 @@ import csv
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -294,3 +295,29 @@ def test_classification_metrics_one_label_per_sample():
     metrics = classification_metrics(logits, torch.tensor([0, 0, IGNORE]))
     assert metrics["acc"].item() == pytest.approx(1 / 2)
     assert "seq_acc" not in metrics
+
+
+class LossRecorder(L.Callback):
+    """The loss of every training batch, by batch index (what the CSV's step column counts)."""
+
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses[trainer.global_step - 1] = outputs["loss"].item()
+
+
+def test_training_metrics_reach_the_log_on_every_logging_step(tmp_path):
+    """Metrics are logged only on the steps the logger writes (a speed-up). Every written row must hold
+    that very step's loss, not a stale one from an earlier step, and no logging step may be skipped."""
+    steps, every = 24, 4
+    recorder = LossRecorder()
+    module = build_module(0, dropout=0.0)
+    trainer = fit(module, tmp_path, "cadence", max_steps=steps, log_every_n_steps=every, callbacks=[recorder])
+    rows = list(csv.DictReader((Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()))
+    written = {int(row["step"]): float(row["train_loss"]) for row in rows if row.get("train_loss")}
+    assert sorted(written) == list(range(every - 1, steps, every))
+    for step, loss in written.items():
+        assert loss == pytest.approx(recorder.losses[step], rel=1e-6), step
+    throughput_steps = sorted(int(row["step"]) for row in rows if row.get("samples_per_s"))
+    assert throughput_steps == list(range(every - 1, steps, every))

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from course_lib.report import runs_dir
 from course_lib.session import validate_profile
+from course_lib.train.modules import written_this_step
 
 
 class ThroughputCallback(Callback):
@@ -46,7 +47,7 @@ class ThroughputCallback(Callback):
         self._last = now
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.seconds > 0:
+        if self.seconds > 0 and written_this_step(trainer, trainer.global_step):
             pl_module.log("samples_per_s", self.samples_per_second, on_step=True, on_epoch=False)
             if self.tokens:
                 pl_module.log("tokens_per_s", self.tokens_per_second, on_step=True, on_epoch=False)
