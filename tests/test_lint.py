@@ -2,7 +2,6 @@
 
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -17,6 +16,3 @@ def test_ruff_finds_nothing():
     result = subprocess.run([ruff, "check", *paths], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
-
-def test_python_is_supported():
-    assert sys.version_info >= (3, 10)
