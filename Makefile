@@ -39,4 +39,4 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs lightning_logs .pytest_cache .ruff_cache .hypothesis
-	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
