@@ -1,8 +1,10 @@
 """The finished model of each family, one file each, built from `course_lib.nn`."""
 
+from course_lib.models.gpt import GPT, GPTConfig, KVCache
 from course_lib.models.seq2seq import Seq2SeqTransformer, Seq2SeqTransformerConfig
 from course_lib.models.sequence import SequenceTransformer, SequenceTransformerConfig
 
 __all__ = [
+    "GPT", "GPTConfig", "KVCache",
     "Seq2SeqTransformer", "Seq2SeqTransformerConfig", "SequenceTransformer", "SequenceTransformerConfig",
 ]
