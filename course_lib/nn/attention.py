@@ -83,15 +83,18 @@ def scaled_dot_product_attention(
         raise ValueError(f"impl={impl!r}; expected 'explicit' or 'fused'")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout} must lie in [0, 1)")
+    if impl == "fused" and return_weights:
+        raise ValueError("return_weights=True needs impl='explicit': the fused kernel never forms them")
     scores_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
     if mask is not None:
         _check_mask(mask, scores_shape)
+    if impl == "fused" and causal and mask is None and q.shape[-2] == k.shape[-2]:
+        # the kernel's own causal path skips the masked half instead of building a mask
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
     if causal:
         allowed = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
         mask = allowed if mask is None else mask & allowed
     if impl == "fused":
-        if return_weights:
-            raise ValueError("return_weights=True needs impl='explicit': the fused kernel never forms them")
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         if mask is not None:  # the fused kernel leaves NaN (or garbage) where a query sees no key
             out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
