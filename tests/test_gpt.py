@@ -208,3 +208,28 @@ def test_bad_generation_arguments_fail_before_any_work():
     cache = KVCache(model.config, batch=1, max_len=4)
     with pytest.raises(ValueError, match="max_len=4"):
         model(torch.zeros(1, 5, dtype=torch.long), cache)
+
+
+@pytest.mark.parametrize("impl", ["explicit", "fused"])
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("causal, queries", [(True, 9), (True, 3), (False, 9)])
+def test_grouped_query_attention_equals_repeated_keys_and_values(impl, kv_heads, causal, queries):
+    """Fewer key/value heads: head g serves query heads g*r..g*r+r-1, as if k and v were repeated."""
+    from einops import repeat
+
+    from course_lib.nn import scaled_dot_product_attention
+
+    generator = torch.Generator().manual_seed(kv_heads)
+    q = torch.randn(2, 8, queries, 16, generator=generator)
+    k, v = torch.randn(2, kv_heads, 9, 16, generator=generator), torch.randn(2, kv_heads, 9, 16, generator=generator)
+    repeated = [repeat(t, "b g s d -> b (g r) s d", r=8 // kv_heads) for t in (k, v)]
+    expected = scaled_dot_product_attention(q, *repeated, causal=causal, impl="explicit")
+    torch.testing.assert_close(scaled_dot_product_attention(q, k, v, causal=causal, impl=impl), expected,
+                               atol=TOLERANCE, rtol=0)
+
+
+def test_key_value_heads_must_divide_query_heads():
+    from course_lib.nn import scaled_dot_product_attention
+
+    with pytest.raises(ValueError, match="key/value heads must divide the query heads"):
+        scaled_dot_product_attention(torch.randn(1, 6, 4, 8), torch.randn(1, 4, 4, 8), torch.randn(1, 4, 4, 8))

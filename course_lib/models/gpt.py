@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import Tensor, nn
 
 from course_lib.nn import (
@@ -132,10 +132,7 @@ class CausalSelfAttention(nn.Module):
         q = rearrange(self.to_q(x), "b t (h d) -> b h t d", h=self.heads)
         if rope is not None:
             q = rope(q, offset)
-        k, v = kv
-        group = self.heads // self.kv_heads  # query heads per key/value head
-        k = repeat(k, "b g s d -> b (g r) s d", r=group)
-        v = repeat(v, "b g s d -> b (g r) s d", r=group)
+        k, v = kv  # (B, kv_heads, s, d): each serves heads / kv_heads consecutive query heads
         out = scaled_dot_product_attention(q, k, v, causal=True, impl="fused",
                                            dropout=self.dropout if self.training else 0.0)
         return self.to_out(rearrange(out, "b h t d -> b t (h d)"))

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 Impl = Literal["explicit", "fused"]
@@ -72,6 +72,8 @@ def scaled_dot_product_attention(
 
     `impl="explicit"` spells the computation out and can return the attention weights;
     `impl="fused"` calls PyTorch's fused kernel (faster, less memory, no weights).
+    Keys and values may have fewer heads than queries (dim -3, grouped-query attention): key/value
+    head g then serves query heads g*r .. g*r + r - 1, with r = heads / kv_heads.
     A query whose keys are all masked gets a zero output rather than NaN.
     """
     if q.shape[-1] != k.shape[-1] or k.shape[:-1] != v.shape[:-1]:
@@ -79,23 +81,29 @@ def scaled_dot_product_attention(
             f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: q and k must share the "
             "feature size and k and v the leading dims"
         )
+    grouped = q.dim() >= 3 and k.dim() >= 3 and q.shape[-3] != k.shape[-3] and k.shape[-3] != 1
+    if grouped and q.shape[-3] % k.shape[-3] != 0:
+        raise ValueError(f"q has {q.shape[-3]} heads and k {k.shape[-3]}: the key/value heads must divide the query heads")
     if impl not in ("explicit", "fused"):
         raise ValueError(f"impl={impl!r}; expected 'explicit' or 'fused'")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout={dropout} must lie in [0, 1)")
     if impl == "fused" and return_weights:
         raise ValueError("return_weights=True needs impl='explicit': the fused kernel never forms them")
-    scores_shape = (*torch.broadcast_shapes(q.shape[:-2], k.shape[:-2]), q.shape[-2], k.shape[-2])
+    if grouped and impl == "explicit":  # each key/value head serves heads/kv_heads consecutive query heads
+        k, v = (repeat(t, "... g s d -> ... (g r) s d", r=q.shape[-3] // k.shape[-3]) for t in (k, v))
+    leading = q.shape[:-2] if grouped else torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
+    scores_shape = (*leading, q.shape[-2], k.shape[-2])
     if mask is not None:
         _check_mask(mask, scores_shape)
     if impl == "fused" and causal and mask is None and q.shape[-2] == k.shape[-2]:
         # the kernel's own causal path skips the masked half instead of building a mask
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=grouped)
     if causal:
         allowed = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
         mask = allowed if mask is None else mask & allowed
     if impl == "fused":
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=grouped)
         if mask is not None:  # the fused kernel leaves NaN (or garbage) where a query sees no key
             out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
         return out
