@@ -92,8 +92,35 @@ class Checker:
         self.atol, self.rtol = atol, rtol
 
 
+Mistake = tuple[Callable, str]  # a wrong answer a learner may write, and what it gets wrong
+
+
 class FunctionChecker(Checker):
-    """Checks a function against `reference` on every case the `cases` factory returns."""
+    """Checks a function against `reference` on every case the `cases` factory returns.
+
+    `mistakes` lists common wrong answers: when the learner's output equals one of theirs on the failing
+    case, the message names that mistake, which helps more than a bare mismatch.
+    """
+
+    def __init__(self, name: str, reference: Callable, cases: Callable[[], Sequence], *,
+                 mistakes: Sequence[Mistake] = (), **options: Any) -> None:
+        super().__init__(name, reference, cases, **options)
+        self.mistakes = list(mistakes)
+
+    def diagnose(self, case: Case, actual: Any) -> str:
+        """The explanation of the first known mistake that gives `actual` on `case`, or ''."""
+        for mistake, explanation in self.mistakes:
+            try:
+                wrong = mistake(*case.args, **case.kwargs)
+            except Exception:  # a mistake that cannot run on this case cannot be the learner's
+                continue
+            if wrong is not None and first_mismatch(wrong, actual, atol=self.atol, rtol=self.rtol) is None:
+                return f"It looks like this mistake: {explanation}"
+        return ""
+
+    def describe(self, problem: str) -> str:
+        """Put the mismatch in the exercise's words; subclasses rename the parts of the output."""
+        return problem
 
     def __call__(self, function: Callable) -> bool:
         cases = list(self.cases())
@@ -102,7 +129,9 @@ class FunctionChecker(Checker):
             actual = _call(self.name, function, case, self.hint)
             problem = first_mismatch(expected, actual, atol=self.atol, rtol=self.rtol)
             if problem:
-                _fail(self.name, f"{problem} (on {case.description})", self.hint)
+                diagnosis = self.diagnose(case, actual)
+                message = f"{self.describe(problem)} (on {case.description})"
+                _fail(self.name, f"{message}. {diagnosis}" if diagnosis else message, self.hint)
         print(f"✓ {self.name}: all {len(cases)} cases match the reference. Well done!")
         return True
 
