@@ -5,8 +5,14 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
+
+# Without a GPU, Triton kernels run in its CPU interpreter; the switch is read when a kernel is
+# defined, so it must be set before course_lib.kernels is imported by any test.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 NETBLOCK = ROOT / "tests" / "netblock"
