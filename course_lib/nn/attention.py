@@ -14,6 +14,10 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+# importable without Triton (use_kernels is then always False); the kernels themselves load on first use,
+# so that TRITON_INTERPRET may still be set after course_lib.nn is imported
+from course_lib.kernels._triton import use_kernels
+
 Impl = Literal["explicit", "fused"]
 
 
@@ -57,6 +61,18 @@ def _check_mask(mask: Tensor, scores_shape: tuple[int, ...]) -> None:
         raise ValueError(f"mask has {mask.dim()} dims; expected at most {len(scores_shape)}")
 
 
+def _flash_suits(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, dropout: float) -> bool:
+    """Whether the Triton FlashAttention kernel can take this call: CUDA tensors (B, H, T, D) with equal heads,
+    16 <= D <= 128, no arbitrary mask, no dropout, and causal only with equal lengths (where alignments agree)."""
+    return (
+        use_kernels(q, k, v) and mask is None and dropout == 0.0
+        and q.dim() == k.dim() == v.dim() == 4 and q.shape[:2] == k.shape[:2] == v.shape[:2]
+        and 16 <= q.shape[-1] <= 128 and v.shape[-1] == q.shape[-1]
+        and q.dtype == k.dtype == v.dtype and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and min(q.shape[-2], k.shape[-2]) >= 1 and (not causal or q.shape[-2] == k.shape[-2])
+    )
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,
@@ -75,6 +91,7 @@ def scaled_dot_product_attention(
     Keys and values may have fewer heads than queries (dim -3, grouped-query attention): key/value
     head g then serves query heads g*r .. g*r + r - 1, with r = heads / kv_heads.
     A query whose keys are all masked gets a zero output rather than NaN.
+    On CUDA with Triton, `impl="fused"` without mask or dropout runs `course_lib.kernels.flash_attention`.
     """
     if q.shape[-1] != k.shape[-1] or k.shape[:-1] != v.shape[:-1]:
         raise ValueError(
@@ -96,6 +113,10 @@ def scaled_dot_product_attention(
     scores_shape = (*leading, q.shape[-2], k.shape[-2])
     if mask is not None:
         _check_mask(mask, scores_shape)
+    if impl == "fused" and _flash_suits(q, k, v, mask, causal, dropout):
+        from course_lib.kernels.flash_attention import flash_attention
+
+        return flash_attention(q.contiguous(), k.contiguous(), v.contiguous(), causal=causal)
     if impl == "fused" and causal and mask is None and q.shape[-2] == k.shape[-2]:
         # the kernel's own causal path skips the masked half instead of building a mask
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=grouped)

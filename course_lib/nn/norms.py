@@ -6,6 +6,8 @@ a whole GPT train about 1.4x faster on the CPU (benchmarks/bench_models.py).
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +25,19 @@ def _check_eps(eps: float) -> None:
         raise ValueError(f"eps={eps!r} must be positive (it keeps the division away from zero)")
 
 
+def _kernels(x: Tensor, weight: Tensor) -> ModuleType | None:
+    """course_lib.kernels.norms if x takes the Triton path (CUDA tensors, Triton importable), else None.
+
+    Imported on call, so course_lib.nn loads without Triton."""
+    from course_lib.kernels import _triton
+
+    if not (_triton.use_kernels(x) and {x.dtype, weight.dtype} <= set(_triton.KERNEL_DTYPES)):
+        return None
+    from course_lib.kernels import norms
+
+    return norms if x.shape[-1] <= norms.MAX_DIM else None
+
+
 class LayerNorm(nn.Module):
     """Subtract the mean and divide by the standard deviation of the features, then scale and shift.
 
@@ -38,6 +53,8 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if (kernels := _kernels(x, self.weight)) is not None:
+            return kernels.layer_norm(x.contiguous(), self.weight, self.bias, self.eps)
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
@@ -56,6 +73,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if (kernels := _kernels(x, self.weight)) is not None:
+            return kernels.rms_norm(x.contiguous(), self.weight, self.eps)
         x_wide = x.to(torch.promote_types(x.dtype, torch.float32))  # at least float32, float64 stays float64
         return F.rms_norm(x_wide, self.weight.shape, eps=self.eps).to(x.dtype) * self.weight
 
