@@ -29,10 +29,10 @@ def tiny(**options) -> GPTConfig:
     return GPTConfig(**{"vocab_size": 61, "max_len": 48, "dim": 32, "depth": 4, "heads": 4, **options})
 
 
-def gpt2(seed: int, layers: int = 3, heads: int = 4, width: int = 32):
+def gpt2(seed: int, layers: int = 3, heads: int = 4, width: int = 32, activation: str = "gelu"):
     torch.manual_seed(seed)
     config = transformers.GPT2Config(vocab_size=97, n_positions=40, n_embd=width, n_layer=layers, n_head=heads,
-                                     activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     activation_function=activation, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                      bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel(config).eval()
 
@@ -51,10 +51,11 @@ def llama(seed: int, kv_heads: int, tie: bool = False):
     return model
 
 
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new"])  # exact, and the tanh GELU of GPT-2's checkpoints
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("length", [1, 17, 40])
-def test_matches_hugging_face_gpt2(seed, length):
-    reference = gpt2(seed)
+def test_matches_hugging_face_gpt2(seed, length, activation):
+    reference = gpt2(seed, activation=activation)
     ours = GPT.from_hf(reference).eval()
     tokens = torch.randint(0, 97, (2, length), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -85,8 +86,8 @@ def test_key_map_refuses_a_model_with_a_missing_or_extra_weight():
 
 
 def test_settings_the_model_lacks_are_refused():
-    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, activation_function="gelu_new")
-    with pytest.raises(ValueError, match="activation_function='gelu_new'"):
+    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, activation_function="relu")
+    with pytest.raises(ValueError, match="activation_function='relu'"):
         config_from_hf(config)
     with pytest.raises(ValueError, match="model_type"):
         config_from_hf(transformers.BertConfig())

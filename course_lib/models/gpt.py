@@ -18,6 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from course_lib.nn import (
+    MLP,
     LearnedPositionalEmbedding,
     RotaryEmbedding,
     make_feedforward,
@@ -38,6 +39,7 @@ class GPTConfig:
     positional: Literal["learned", "rope"] = "learned"
     norm: Literal["layer", "rms"] = "layer"
     ffn: Literal["mlp", "glu"] = "mlp"
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"  # the MLP's; GPT-2's checkpoints use "gelu_tanh"
     ffn_hidden: int | None = None  # default: 4*dim for the MLP, 8/3*dim (rounded up to 8) for SwiGLU
     bias: bool = True  # biases in the attention projections
     tie_weights: bool = True  # the output head reuses the token embedding
@@ -56,6 +58,8 @@ class GPTConfig:
             raise ValueError(f"kv_heads={self.kv_heads} must divide heads={self.heads}")
         if self.positional not in ("learned", "rope"):
             raise ValueError(f"positional={self.positional!r}; expected 'learned' or 'rope'")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"activation={self.activation!r}; expected 'gelu' or 'gelu_tanh'")
         if self.ffn_hidden is None:
             self.ffn_hidden = 4 * self.dim if self.ffn == "mlp" else 8 * math.ceil(8 * self.dim / 3 / 8)
 
@@ -146,7 +150,10 @@ class GPTBlock(nn.Module):
         self.attn_norm = make_norm(config.norm, config.dim)
         self.attn = CausalSelfAttention(config, computes_kv)
         self.ffn_norm = make_norm(config.norm, config.dim)
-        self.ffn = make_feedforward(config.ffn, config.dim, config.ffn_hidden)
+        if config.ffn == "mlp":
+            self.ffn = MLP(config.dim, config.ffn_hidden, activation=config.activation)
+        else:
+            self.ffn = make_feedforward(config.ffn, config.dim, config.ffn_hidden)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, *, shared_kv: tuple[Tensor, Tensor] | None, rope: RotaryEmbedding | None,
@@ -262,15 +269,20 @@ def sample_next(logits: Tensor, *, temperature: float = 1.0, top_k: int | None =
 # Weights from Hugging Face: an explicit key map, and every key and shape must line up.
 
 
+# transformers' names for GPT-2's activation -> ours ('gelu_new' is the tanh approximation GPT-2 used)
+GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
 def config_from_hf(hf: object) -> GPTConfig:
     """The GPTConfig of a Hugging Face GPT2Config or LlamaConfig; refuses settings this model lacks."""
     kind = getattr(hf, "model_type", None)
     if kind == "gpt2":
-        if hf.activation_function != "gelu":
-            raise ValueError(f"activation_function={hf.activation_function!r}; this GPT's MLP uses exact 'gelu'")
+        if hf.activation_function not in GPT2_ACTIVATIONS:
+            raise ValueError(f"activation_function={hf.activation_function!r}; expected one of {sorted(GPT2_ACTIVATIONS)}")
         _require(hf, layer_norm_epsilon=1e-5)
         return GPTConfig(vocab_size=hf.vocab_size, max_len=hf.n_positions, dim=hf.n_embd, depth=hf.n_layer,
                          heads=hf.n_head, positional="learned", norm="layer", ffn="mlp",
+                         activation=GPT2_ACTIVATIONS[hf.activation_function],
                          ffn_hidden=hf.n_inner or 4 * hf.n_embd, bias=True, tie_weights=hf.tie_word_embeddings)
     if kind == "llama":
         _require(hf, hidden_act="silu", rms_norm_eps=1e-6, mlp_bias=False)

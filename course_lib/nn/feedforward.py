@@ -9,7 +9,13 @@ from torch import Tensor, nn
 
 from course_lib.nn.norms import NORMS, NormedLinear
 
-ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU through its tanh approximation, the one GPT-2 was trained with ('gelu_new' in transformers)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu, "silu": F.silu}
 # feed-forward kinds: the name, then (class, activation); 'glu' is kept as the older name of SwiGLU
 FEEDFORWARDS = {"mlp": ("mlp", "gelu"), "glu": ("glu", "silu"), "swiglu": ("glu", "silu"),
                 "geglu": ("glu", "gelu"), "reglu": ("glu", "relu")}
