@@ -17,6 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from course_lib.models._weights import checked_state_dict
 from course_lib.nn import (
     MLP,
     LearnedPositionalEmbedding,
@@ -353,13 +354,4 @@ def state_dict_from_hf(reference: nn.Module, model: GPT) -> dict[str, Tensor]:
     theirs = dict(reference.state_dict())
     mapper = {"gpt2": _gpt2_weights, "llama": _llama_weights}[reference.config.model_type]
     ours = mapper(theirs, model.config.depth)
-    if theirs:
-        raise ValueError(f"weights of the reference left unmapped: {sorted(theirs)}")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in ours.items()}
-    if expected != got:
-        missing = sorted(set(expected) - set(got))
-        extra = sorted(set(got) - set(expected))
-        shapes = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
-        raise ValueError(f"key map mismatch: missing {missing}, unexpected {extra}, wrong shapes {shapes}")
-    return {k: v.detach().clone() for k, v in ours.items()}
+    return checked_state_dict(theirs, ours, model)
