@@ -3,8 +3,11 @@
 from course_lib.models.gpt import GPT, GPTConfig, KVCache
 from course_lib.models.seq2seq import Seq2SeqTransformer, Seq2SeqTransformerConfig
 from course_lib.models.sequence import SequenceTransformer, SequenceTransformerConfig
+from course_lib.models.swin import Swin, SwinConfig
+from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
     "GPT", "GPTConfig", "KVCache",
     "Seq2SeqTransformer", "Seq2SeqTransformerConfig", "SequenceTransformer", "SequenceTransformerConfig",
+    "Swin", "SwinConfig", "ViT", "ViTConfig",
 ]
