@@ -40,11 +40,14 @@ def all_targets(dataset) -> torch.Tensor:
     return torch.stack([dataset[i][1] for i in range(len(dataset))])
 
 
+TOKEN_DATASETS = [*SEQUENCE_TASKS, "python_text"]  # the images (shapes, digits) have their own tests
+
+
 def test_available_lists_every_dataset():
-    assert available() == sorted([*SEQUENCE_TASKS, "python_text"])
+    assert available() == sorted([*TOKEN_DATASETS, "digits", "shapes"])
 
 
-@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("name", TOKEN_DATASETS)
 @pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_shapes_and_dtypes(name, split):
     """Every sample is a pair of (length,) int64 tensors; tokens lie in the vocabulary."""
@@ -120,7 +123,7 @@ def test_induction_heads_targets():
         assert targets[-1] == inputs[trigger + 1] != 0
 
 
-@pytest.mark.parametrize("name", available())
+@pytest.mark.parametrize("name", TOKEN_DATASETS)
 def test_same_seed_same_data_and_different_seed_different_data(name):
     """Data are a pure function of (name, split, options, seed)."""
     first, second = small_load(name), small_load(name)

@@ -1,6 +1,7 @@
 """Offline datasets: `load(name, split=..., **options)`; `available()` lists the names."""
 
-from course_lib.data import sequences, text  # noqa: F401  (importing registers the datasets)
+from course_lib.data import digits, sequences, shapes, text  # noqa: F401  (importing registers the datasets)
+from course_lib.data.digits import DigitsDataset
 from course_lib.data.loaders import (
     CourseDataModule,
     EpochSampler,
@@ -10,10 +11,11 @@ from course_lib.data.loaders import (
 )
 from course_lib.data.registry import SPLITS, available, load, register
 from course_lib.data.sequences import IGNORE, SequenceTaskDataset
+from course_lib.data.shapes import Scene, ShapesDataset
 from course_lib.data.text import ByteTextDataset, corpus_text, decode, encode
 
 __all__ = [
-    "IGNORE", "SPLITS", "ByteTextDataset", "CourseDataModule", "EpochSampler", "ResumableDataLoader",
+    "IGNORE", "SPLITS", "ByteTextDataset", "CourseDataModule", "DigitsDataset", "Scene", "ShapesDataset", "EpochSampler", "ResumableDataLoader",
     "SequenceDataModule", "SequenceTaskDataset", "TextDataModule", "available", "corpus_text", "decode",
     "encode", "load", "register",
 ]

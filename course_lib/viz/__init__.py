@@ -1,4 +1,4 @@
-"""Figures the course draws again and again: attention maps at several scales and training curves."""
+"""Figures the course draws again and again: attention maps at several scales, training curves, scenes."""
 
 from course_lib.viz.attention import (
     attention_heads,
@@ -7,5 +7,7 @@ from course_lib.viz.attention import (
     model_attention,
 )
 from course_lib.viz.curves import read_metrics, training_curves
+from course_lib.viz.scenes import show_scenes
 
-__all__ = ["attention_heads", "attention_layers", "attention_rollout", "model_attention", "read_metrics", "training_curves"]
+__all__ = ["attention_heads", "attention_layers", "attention_rollout", "model_attention", "read_metrics", "show_scenes",
+           "training_curves"]
