@@ -1,13 +1,14 @@
 """The finished model of each family, one file each, built from `course_lib.nn`."""
 
 from course_lib.models.gpt import GPT, GPTConfig, KVCache
+from course_lib.models.hierarchical import CvT, CvTConfig, SegFormerConfig, SegFormerEncoder
 from course_lib.models.seq2seq import Seq2SeqTransformer, Seq2SeqTransformerConfig
 from course_lib.models.sequence import SequenceTransformer, SequenceTransformerConfig
 from course_lib.models.swin import Swin, SwinConfig
 from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
-    "GPT", "GPTConfig", "KVCache",
+    "CvT", "CvTConfig", "GPT", "GPTConfig", "KVCache", "SegFormerConfig", "SegFormerEncoder",
     "Seq2SeqTransformer", "Seq2SeqTransformerConfig", "SequenceTransformer", "SequenceTransformerConfig",
     "Swin", "SwinConfig", "ViT", "ViTConfig",
 ]
