@@ -128,3 +128,22 @@ def test_resize_positions_not_implemented(capsys):
         raise NotImplementedError
 
     fails(check.resize_positions, exercise, capsys, "not implemented yet")
+
+
+# --- pool ------------------------------------------------------------------------------------------
+
+
+def test_pool_tokens_right(capsys):
+    passes(check.pool_tokens, lambda tokens, has_cls: tokens.select(1, 0) if has_cls else tokens.sum(1) / tokens.shape[1], capsys)
+
+
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        (lambda tokens, has_cls: tokens.mean(dim=1), "also with a class token"),
+        (lambda tokens, has_cls: tokens[:, 1:].mean(dim=1) if has_cls else tokens.mean(dim=1), "averaged the patch"),
+        (lambda tokens, has_cls: tokens[:, 0] if has_cls else tokens.mean(dim=2), "shape"),
+    ],
+)
+def test_pool_tokens_wrong(capsys, wrong, message):
+    fails(check.pool_tokens, wrong, capsys, message)

@@ -120,3 +120,37 @@ resize_positions = FunctionChecker(
     "mode='bicubic', align_corners=False), rearrange back '1 d h w -> (h w) d' and concatenate.",
 )
 resize_positions.__doc__ = "Checks resize_positions(table, grid, new_grid, prefix=1) against ViT.interpolate_positions."
+
+
+# --- pool_tokens(tokens, has_cls) -------------------------------------------------------------------------
+
+
+def reference_pool(tokens: Tensor, has_cls: bool) -> Tensor:
+    """(B, T, dim) -> (B, dim): the class token (position 0) if the model has one, else the mean of all tokens."""
+    return tokens[:, 0] if has_cls else tokens.mean(dim=1)
+
+
+def _pool_cases() -> list[Case]:
+    generator = torch.Generator().manual_seed(7)
+    cases = []
+    for shape in [(2, 5, 8), (1, 17, 4), (3, 2, 6)]:
+        tokens = torch.randn(*shape, generator=generator) + torch.arange(shape[1]).view(1, -1, 1)  # tokens differ
+        for has_cls in (True, False):
+            cases.append(Case(f"tokens {shape}, has_cls={has_cls}", (tokens, has_cls)))
+    return cases
+
+
+pool_tokens = FunctionChecker(
+    "pool_tokens",
+    reference_pool,
+    _pool_cases,
+    mistakes=[
+        (lambda tokens, has_cls: tokens.mean(dim=1),
+         "the mean of all tokens, also with a class token: then the class token alone (position 0) is the summary."),
+        (lambda tokens, has_cls: tokens[:, 1:].mean(dim=1) if has_cls else tokens.mean(dim=1),
+         "with a class token you averaged the patch tokens; the class token (position 0) is what the head reads."),
+        (lambda tokens, has_cls: tokens[:, -1] if has_cls else tokens.mean(dim=1),
+         "the last token is a patch; the class token was put in front, at position 0."),
+    ],
+    hint="tokens[:, 0] with a class token; tokens.mean(dim=1) without one.",
+)
