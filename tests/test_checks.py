@@ -8,31 +8,13 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
+from checking import fails, passes
 from einops import rearrange
 from torch import nn
 
 from course_lib.checks import Case, FunctionChecker, ModuleChecker, first_mismatch
 from course_lib.checks import attention as check
-
-
-def passes(checker, answer, capsys) -> None:
-    """The checker accepts `answer`, returns True and prints its ✓ verdict."""
-    assert checker(answer) is True
-    out = capsys.readouterr().out
-    assert out.startswith(f"✓ {checker.name}:") and "✗" not in out
-
-
-def fails(checker, answer, capsys, message: str) -> str:
-    """The checker prints ✗ (and its hint, if it has one), then raises AssertionError matching `message`."""
-    with pytest.raises(AssertionError, match=message) as error:
-        checker(answer)
-    out = capsys.readouterr().out
-    assert out.startswith(f"✗ {checker.name}:") and "✓" not in out
-    assert ("Hint:" in out) == bool(checker.hint)
-    return str(error.value)
-
 
 # --- answers a learner might write ---------------------------------------------------------------
 

@@ -11,26 +11,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from checking import fails, passes
 
 from course_lib.checks import gpt as check
 from course_lib.models import GPT, GPTConfig, KVCache
-
-
-def passes(checker, answer, capsys) -> None:
-    """The checker accepts `answer`: it returns True and prints only its ✓ verdict."""
-    assert checker(answer) is True
-    printed = capsys.readouterr().out
-    assert printed.startswith(f"✓ {checker.name}:") and "✗" not in printed
-
-
-def fails(checker, answer, capsys, message: str) -> str:
-    """The checker prints ✗ and its hint, then raises AssertionError matching `message`; returns the message."""
-    with pytest.raises(AssertionError, match=message) as error:
-        checker(answer)
-    printed = capsys.readouterr().out
-    assert printed.startswith(f"✗ {checker.name}:") and "✓" not in printed and "Hint:" in printed
-    return str(error.value)
-
 
 # --- next_token_probs ------------------------------------------------------------------------------
 

@@ -10,25 +10,12 @@ import math
 
 import pytest
 import torch
+from checking import fails, passes
 
 from course_lib.checks import kernels as check
 
 triton = pytest.importorskip("triton")
 tl = triton.language
-
-
-def passes(checker, answer, capsys) -> None:
-    assert checker(answer) is True
-    printed = capsys.readouterr().out
-    assert printed.startswith(f"✓ {checker.name}:") and "✗" not in printed
-
-
-def fails(checker, answer, capsys, message: str) -> str:
-    with pytest.raises(AssertionError, match=message) as error:
-        checker(answer)
-    printed = capsys.readouterr().out
-    assert printed.startswith(f"✗ {checker.name}:") and "Hint:" in printed
-    return str(error.value)
 
 
 # --- softmax ---------------------------------------------------------------------------------------

@@ -9,25 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from checking import fails, passes
 
 from course_lib.checks import vit as check
 from course_lib.models import ViT, ViTConfig
 from course_lib.models.vit import PatchEmbedding
-
-
-def passes(checker, answer, capsys) -> None:
-    assert checker(answer) is True
-    printed = capsys.readouterr().out
-    assert printed.startswith(f"✓ {checker.name}:") and "✗" not in printed
-
-
-def fails(checker, answer, capsys, message: str) -> str:
-    with pytest.raises(AssertionError, match=message) as error:
-        checker(answer)
-    printed = capsys.readouterr().out
-    assert printed.startswith(f"✗ {checker.name}:") and "Hint:" in printed
-    return str(error.value)
-
 
 # --- patchify --------------------------------------------------------------------------------------
 
