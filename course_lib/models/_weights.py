@@ -1,4 +1,5 @@
-"""The last step of every key map from a Hugging Face model to ours: prove that nothing was lost."""
+"""Pieces of the key maps from Hugging Face models to ours: moving a module's weights, and the last step,
+which proves that nothing was lost."""
 
 from __future__ import annotations
 
@@ -19,3 +20,10 @@ def checked_state_dict(leftover: dict[str, Tensor], ours: dict[str, Tensor], mod
         shapes = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
         raise ValueError(f"key map mismatch: missing {missing}, unexpected {extra}, wrong shapes {shapes}")
     return {k: v.detach().clone() for k, v in ours.items()}
+
+
+def move_module(theirs: dict[str, Tensor], ours: dict[str, Tensor], old: str, new: str) -> None:
+    """Move `old`.weight and `old`.bias (where present) from `theirs` to `new`.weight and `new`.bias in `ours`."""
+    for part in ("weight", "bias"):
+        if f"{old}.{part}" in theirs:
+            ours[f"{new}.{part}"] = theirs.pop(f"{old}.{part}")

@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from course_lib.models._weights import checked_state_dict
+from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import (
     MLP,
     LearnedPositionalEmbedding,
@@ -342,10 +342,7 @@ def _llama_weights(theirs: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
             "head.weight": theirs.pop("lm_head.weight")}
     for i in range(depth):
         for old, new in _LLAMA_NAMES.items():
-            for part in ("weight", "bias"):
-                key = f"model.layers.{i}.{old}.{part}"
-                if key in theirs:
-                    ours[f"blocks.{i}.{new}.{part}"] = theirs.pop(key)
+            move_module(theirs, ours, f"model.layers.{i}.{old}", f"blocks.{i}.{new}")
     return ours
 
 

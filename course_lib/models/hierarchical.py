@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from course_lib.models._weights import checked_state_dict
+from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import MLP, LayerNorm, MultiHeadAttention
 
 
@@ -241,24 +241,17 @@ _SEGFORMER_BLOCK_NAMES = {
 }
 
 
-def _pop_module(theirs: dict[str, Tensor], ours: dict[str, Tensor], old: str, new: str) -> None:
-    """Move `old`.weight and `old`.bias (where present) to `new`.weight and `new`.bias."""
-    for part in ("weight", "bias"):
-        if f"{old}.{part}" in theirs:
-            ours[f"{new}.{part}"] = theirs.pop(f"{old}.{part}")
-
-
 def segformer_state_dict_from_hf(reference: nn.Module, model: SegFormerEncoder) -> dict[str, Tensor]:
     """`reference`'s (a SegformerModel's) weights under our names; raises if any key or shape fails to line up."""
     theirs = dict(reference.state_dict())
     ours: dict[str, Tensor] = {}
     for s, depth in enumerate(model.config.depths):
-        _pop_module(theirs, ours, f"stages.{s}.patch_embeddings.proj", f"stages.{s}.patch_embed.proj")
-        _pop_module(theirs, ours, f"stages.{s}.patch_embeddings.layer_norm", f"stages.{s}.patch_embed.norm")
-        _pop_module(theirs, ours, f"stages.{s}.layer_norm", f"stages.{s}.norm")
+        move_module(theirs, ours, f"stages.{s}.patch_embeddings.proj", f"stages.{s}.patch_embed.proj")
+        move_module(theirs, ours, f"stages.{s}.patch_embeddings.layer_norm", f"stages.{s}.patch_embed.norm")
+        move_module(theirs, ours, f"stages.{s}.layer_norm", f"stages.{s}.norm")
         for b in range(depth):
             for old, new in _SEGFORMER_BLOCK_NAMES.items():
-                _pop_module(theirs, ours, f"stages.{s}.blocks.{b}.{old}", f"stages.{s}.blocks.{b}.{new}")
+                move_module(theirs, ours, f"stages.{s}.blocks.{b}.{old}", f"stages.{s}.blocks.{b}.{new}")
     return checked_state_dict(theirs, ours, model)
 
 
@@ -490,17 +483,17 @@ def cvt_state_dict_from_hf(reference: nn.Module, model: CvT) -> dict[str, Tensor
     ours: dict[str, Tensor] = {}
     for s, depth in enumerate(model.config.depths):
         old, new = f"encoder.stages.{s}.", f"stages.{s}."
-        _pop_module(theirs, ours, old + "embedding.convolution_embeddings.projection", new + "embed")
-        _pop_module(theirs, ours, old + "embedding.convolution_embeddings.normalization", new + "embed_norm")
+        move_module(theirs, ours, old + "embedding.convolution_embeddings.projection", new + "embed")
+        move_module(theirs, ours, old + "embedding.convolution_embeddings.normalization", new + "embed_norm")
         if old + "cls_token" in theirs:
             ours[new + "cls_token"] = theirs.pop(old + "cls_token")
         for b in range(depth):
             old_block, new_block = f"{old}layers.{b}.", f"{new}blocks.{b}."
             for old_name, new_name in _CVT_BLOCK_NAMES.items():
-                _pop_module(theirs, ours, old_block + old_name, new_block + new_name)
+                move_module(theirs, ours, old_block + old_name, new_block + new_name)
             for letter, name in (("q", "query"), ("k", "key"), ("v", "value")):
                 conv = f"{old_block}attention.attention.convolution_projection_{name}.convolution_projection."
-                _pop_module(theirs, ours, conv + "convolution", f"{new_block}attn.conv_{letter}.conv")
+                move_module(theirs, ours, conv + "convolution", f"{new_block}attn.conv_{letter}.conv")
                 for part in _BATCH_NORM_PARTS:  # the running statistics too: eval mode normalises with them
                     if conv + f"normalization.{part}" in theirs:
                         ours[f"{new_block}attn.conv_{letter}.norm.{part}"] = theirs.pop(conv + f"normalization.{part}")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from course_lib.models._weights import checked_state_dict
+from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import MLP, LayerNorm
 
 
@@ -361,13 +361,6 @@ _BLOCK_NAMES = {
 }
 
 
-def _pop_module(theirs: dict[str, Tensor], ours: dict[str, Tensor], old: str, new: str) -> None:
-    """Move `old`.weight and `old`.bias (where present) to `new`.weight and `new`.bias."""
-    for part in ("weight", "bias"):
-        if f"{old}.{part}" in theirs:
-            ours[f"{new}.{part}"] = theirs.pop(f"{old}.{part}")
-
-
 def _check_position_indices(reference: nn.Module, model: Swin) -> None:
     """The index buffers are recomputed on both sides, not copied: they must agree."""
     theirs = {k: v for k, v in reference.named_buffers() if k.endswith("relative_position_index")}
@@ -388,20 +381,20 @@ def state_dict_from_hf(reference: nn.Module, model: Swin) -> dict[str, Tensor]:
     theirs = dict(reference.state_dict())
     ours: dict[str, Tensor] = {}
     if _is_classifier(reference):  # SwinForImageClassification: a SwinModel under swin., a linear head
-        _pop_module(theirs, ours, "classifier", "head")
+        move_module(theirs, ours, "classifier", "head")
         theirs = {k.removeprefix("swin."): v for k, v in theirs.items()}
-    _pop_module(theirs, ours, "embeddings.patch_embeddings.projection", "patch_embed")
-    _pop_module(theirs, ours, "embeddings.norm", "embed_norm")
-    _pop_module(theirs, ours, "layernorm", "final_norm")
+    move_module(theirs, ours, "embeddings.patch_embeddings.projection", "patch_embed")
+    move_module(theirs, ours, "embeddings.norm", "embed_norm")
+    move_module(theirs, ours, "layernorm", "final_norm")
     for s, depth in enumerate(model.config.depths):
         for b in range(depth):
             old, new = f"encoder.layers.{s}.blocks.{b}.", f"stages.{s}.blocks.{b}."
             for old_name, new_name in _BLOCK_NAMES.items():
-                _pop_module(theirs, ours, old + old_name, new + new_name)
+                move_module(theirs, ours, old + old_name, new + new_name)
             table = old + "attention.relative_position_bias.relative_position_bias_table"
             ours[new + "attn.relative_position_bias_table"] = theirs.pop(table)
         for part in ("norm", "reduction"):
-            _pop_module(theirs, ours, f"encoder.layers.{s}.downsample.{part}", f"stages.{s}.merge.{part}")
+            move_module(theirs, ours, f"encoder.layers.{s}.downsample.{part}", f"stages.{s}.merge.{part}")
     ours = checked_state_dict(theirs, ours, model)
     _check_position_indices(reference, model)
     return ours

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from course_lib.models._weights import checked_state_dict
+from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import MLP, LayerNorm, scaled_dot_product_attention, sinusoidal_table_2d
 
 
@@ -297,14 +297,9 @@ def _vit_weights(theirs: dict[str, Tensor], depth: int, prefix: str) -> dict[str
         "final_norm.bias": theirs.pop(prefix + "layernorm.bias"),
     }
     for i in range(depth):
-        for old, new in _LAYER_NAMES.items():
-            for part in ("weight", "bias"):
-                key = f"{prefix}layers.{i}.{old}.{part}"
-                if key in theirs:  # q, k, v have no bias when qkv_bias=False
-                    ours[f"blocks.{i}.{new}.{part}"] = theirs.pop(key)
-    for part in ("weight", "bias"):
-        if f"classifier.{part}" in theirs:
-            ours[f"head.{part}"] = theirs.pop(f"classifier.{part}")
+        for old, new in _LAYER_NAMES.items():  # q, k, v have no bias when qkv_bias=False
+            move_module(theirs, ours, f"{prefix}layers.{i}.{old}", f"blocks.{i}.{new}")
+    move_module(theirs, ours, "classifier", "head")
     return ours
 
 
