@@ -1,0 +1,76 @@
+"""A ten-line training loop for the many small image classifiers that Part II compares.
+
+Notebooks 05-08 train dozens of tiny models side by side; Lightning's checkpoints and logs (notebook 03)
+would cost more than the models. `fit` is AdamW with a one-cycle schedule (warm-up, then cosine decay) on
+random mini-batches for a fixed number of steps, so two models trained with the same `seed` see the same
+batches in the same order. `accuracy` scores a model in chunks, so a large test set never meets the
+memory of one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["accuracy", "fit"]
+
+
+def _check_positive(argument: str, value: object, kind: type = int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
+        raise ValueError(f"{argument}={value!r} must be a positive {kind.__name__}")
+
+
+def _check_pairs(images: Tensor, labels: Tensor) -> None:
+    if not isinstance(images, Tensor) or images.dim() < 2:
+        raise ValueError(f"images must be a tensor with a batch axis; got {type(images).__name__} "
+                         f"of shape {tuple(getattr(images, 'shape', ()))}")
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.dtype != torch.long:
+        raise ValueError(f"labels must be a 1-D tensor of class indices (torch.long); got "
+                         f"{getattr(labels, 'dtype', type(labels).__name__)} of shape {tuple(getattr(labels, 'shape', ()))}")
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) must be equally long and not empty")
+
+
+def fit(model: nn.Module, images: Tensor, labels: Tensor, *, steps: int, lr: float, batch: int = 64, seed: int = 0,
+        weight_decay: float = 0.05, device: torch.device | str | None = None,
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None) -> nn.Module:
+    """Train `model` for `steps` AdamW steps on mini-batches of (`images`, `labels`) drawn with `seed`; returns it
+    in eval mode. `augment(batch, generator)`, if given, transforms each batch of images (e.g. a random resize)."""
+    _check_pairs(images, labels)
+    _check_positive("steps", steps)
+    _check_positive("batch", batch)
+    _check_positive("lr", lr, float)
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    model.to(device).train()
+    for _ in range(steps):
+        index = torch.randint(len(images), (batch,), generator=generator)
+        inputs = images[index] if augment is None else augment(images[index], generator)
+        loss = F.cross_entropy(model(inputs.to(device)), labels[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, batch: int = 500,
+             device: torch.device | str | None = None, **forward_kwargs) -> float:
+    """Fraction of `images` whose highest logit is at their label; keyword arguments go to `model`'s forward."""
+    _check_pairs(images, labels)
+    _check_positive("batch", batch)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = sum((model(chunk.to(device), **forward_kwargs).argmax(dim=-1).cpu() == target).sum().item()
+                  for chunk, target in zip(images.split(batch), labels.split(batch)))
+    model.train(was_training)
+    return correct / len(labels)
