@@ -1,14 +1,26 @@
 """The finished model of each family, one file each, built from `course_lib.nn`."""
 
 from course_lib.models.gpt import GPT, GPTConfig, KVCache
-from course_lib.models.hierarchical import CvT, CvTConfig, SegFormerConfig, SegFormerEncoder
+from course_lib.models.hierarchical import (
+    CvT,
+    CvTConfig,
+    MViT,
+    MViTConfig,
+    PiT,
+    PiTConfig,
+    SegFormerConfig,
+    SegFormerEncoder,
+    T2TConfig,
+    T2TViT,
+)
 from course_lib.models.seq2seq import Seq2SeqTransformer, Seq2SeqTransformerConfig
 from course_lib.models.sequence import SequenceTransformer, SequenceTransformerConfig
 from course_lib.models.swin import Swin, SwinConfig
 from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
-    "CvT", "CvTConfig", "GPT", "GPTConfig", "KVCache", "SegFormerConfig", "SegFormerEncoder",
+    "CvT", "CvTConfig", "GPT", "GPTConfig", "KVCache", "MViT", "MViTConfig", "PiT", "PiTConfig", "SegFormerConfig",
+    "SegFormerEncoder", "T2TConfig", "T2TViT",
     "Seq2SeqTransformer", "Seq2SeqTransformerConfig", "SequenceTransformer", "SequenceTransformerConfig",
     "Swin", "SwinConfig", "ViT", "ViTConfig",
 ]
