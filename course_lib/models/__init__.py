@@ -1,5 +1,13 @@
 """The finished model of each family, one file each, built from `course_lib.nn`."""
 
+from course_lib.models.cross_scale import (
+    CrossFormer,
+    CrossFormerConfig,
+    CrossViT,
+    CrossViTConfig,
+    MaxViT,
+    MaxViTConfig,
+)
 from course_lib.models.gpt import GPT, GPTConfig, KVCache
 from course_lib.models.hierarchical import (
     CvT,
@@ -19,8 +27,8 @@ from course_lib.models.swin import Swin, SwinConfig
 from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
-    "CvT", "CvTConfig", "GPT", "GPTConfig", "KVCache", "MViT", "MViTConfig", "PiT", "PiTConfig", "SegFormerConfig",
-    "SegFormerEncoder", "T2TConfig", "T2TViT",
-    "Seq2SeqTransformer", "Seq2SeqTransformerConfig", "SequenceTransformer", "SequenceTransformerConfig",
-    "Swin", "SwinConfig", "ViT", "ViTConfig",
+    "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "GPT", "GPTConfig",
+    "KVCache", "MaxViT", "MaxViTConfig", "MViT", "MViTConfig", "PiT", "PiTConfig", "SegFormerConfig",
+    "SegFormerEncoder", "Seq2SeqTransformer", "Seq2SeqTransformerConfig", "SequenceTransformer",
+    "SequenceTransformerConfig", "Swin", "SwinConfig", "T2TConfig", "T2TViT", "ViT", "ViTConfig",
 ]
