@@ -44,7 +44,7 @@ TOKEN_DATASETS = [*SEQUENCE_TASKS, "python_text"]  # the images (shapes, digits)
 
 
 def test_available_lists_every_dataset():
-    assert available() == sorted([*TOKEN_DATASETS, "digits", "shapes"])
+    assert available() == sorted([*TOKEN_DATASETS, "digits", "listops", "pathfinder", "shapes"])
 
 
 @pytest.mark.parametrize("name", TOKEN_DATASETS)

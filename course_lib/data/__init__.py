@@ -9,13 +9,15 @@ from course_lib.data.loaders import (
     SequenceDataModule,
     TextDataModule,
 )
+from course_lib.data.long_range import ListOpsDataset, PathfinderDataset
 from course_lib.data.registry import SPLITS, available, load, register
 from course_lib.data.sequences import IGNORE, SequenceTaskDataset
 from course_lib.data.shapes import Scene, ShapesDataset
 from course_lib.data.text import ByteTextDataset, corpus_text, decode, encode
 
 __all__ = [
-    "IGNORE", "SPLITS", "ByteTextDataset", "CourseDataModule", "DigitsDataset", "Scene", "ShapesDataset", "EpochSampler", "ResumableDataLoader",
-    "SequenceDataModule", "SequenceTaskDataset", "TextDataModule", "available", "corpus_text", "decode",
-    "encode", "load", "register",
+    "IGNORE", "SPLITS", "available", "ByteTextDataset", "corpus_text", "CourseDataModule", "decode",
+    "DigitsDataset", "encode", "EpochSampler", "ListOpsDataset", "load", "PathfinderDataset", "register",
+    "ResumableDataLoader", "Scene", "SequenceDataModule", "SequenceTaskDataset", "ShapesDataset",
+    "TextDataModule",
 ]
