@@ -1,5 +1,13 @@
 """The finished model of each family, one file each, built from `course_lib.nn`."""
 
+from course_lib.models.any_resolution import (
+    FlexiPatchEmbedding,
+    FlexiViT,
+    PackedBatch,
+    RandomResolution,
+    pack_images,
+    packed_forward,
+)
 from course_lib.models.cross_scale import (
     CrossFormer,
     CrossFormerConfig,
@@ -27,8 +35,9 @@ from course_lib.models.swin import Swin, SwinConfig
 from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
-    "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "GPT", "GPTConfig",
-    "KVCache", "MaxViT", "MaxViTConfig", "MViT", "MViTConfig", "PiT", "PiTConfig", "SegFormerConfig",
+    "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "FlexiPatchEmbedding",
+    "FlexiViT", "GPT", "GPTConfig", "KVCache", "MaxViT", "MaxViTConfig", "MViT", "MViTConfig", "pack_images",
+    "packed_forward", "PackedBatch", "PiT", "PiTConfig", "RandomResolution", "SegFormerConfig",
     "SegFormerEncoder", "Seq2SeqTransformer", "Seq2SeqTransformerConfig", "SequenceTransformer",
     "SequenceTransformerConfig", "Swin", "SwinConfig", "T2TConfig", "T2TViT", "ViT", "ViTConfig",
 ]
