@@ -32,6 +32,12 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from course_lib.models._common import (
+    check_images,
+    check_positive,
+    check_positive_ints,
+    init_vit_style,
+)
 from course_lib.models.swin import WindowAttention, window_partition, window_reverse
 from course_lib.models.vit import ViT, ViTConfig
 from course_lib.nn import MLP, LayerNorm, MultiHeadAttention
@@ -39,16 +45,8 @@ from course_lib.nn import MLP, LayerNorm, MultiHeadAttention
 BRANCHES = ("small", "large")
 
 
-def _check_positive(argument: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{argument}={value!r} must be a positive int")
 
 
-def _check_positive_ints(argument: str, values: object) -> tuple[int, ...]:
-    values = tuple(values)
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"{argument}={values!r} must be a non-empty sequence of positive ints")
-    return values
 
 
 def _check_common(config: object) -> None:
@@ -62,19 +60,8 @@ def _check_common(config: object) -> None:
         raise ValueError(f"num_classes={classes!r} must be a non-negative int (0: no head)")
 
 
-def _check_images(images: Tensor, channels: int) -> tuple[int, int]:
-    """Raise unless images is (batch, channels, height, width); return (height, width)."""
-    if images.dim() != 4 or images.shape[1] != channels:
-        raise ValueError(f"images has shape {tuple(images.shape)}; expected (batch, channels={channels}, height, width)")
-    return images.shape[2], images.shape[3]
 
 
-def _init_weights(module: nn.Module) -> None:
-    """The ViT's initialisation: truncated normal (std 0.02) for linear and convolution weights, zero biases."""
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,7 +71,7 @@ def _init_weights(module: nn.Module) -> None:
 def grid_partition(x: Tensor, grid: int) -> Tensor:
     """(B, H, W, C) -> (B * H/grid * W/grid, grid², C): MaxViT's grid. Each group holds grid x grid tokens
     spread evenly over the whole map, H/grid rows and W/grid columns apart; groups go row by row by offset."""
-    _check_positive("grid", grid)
+    check_positive("grid", grid)
     if x.dim() != 4:
         raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, height, width, channels)")
     height, width = x.shape[1:3]
@@ -96,7 +83,7 @@ def grid_partition(x: Tensor, grid: int) -> Tensor:
 
 def grid_reverse(groups: Tensor, grid: int, height: int, width: int) -> Tensor:
     """Inverse of `grid_partition`: (B * H/grid * W/grid, grid², C) -> (B, height, width, C)."""
-    _check_positive("grid", grid)
+    check_positive("grid", grid)
     if height % grid or width % grid:
         raise ValueError(f"height={height} and width={width} must be multiples of grid={grid}")
     return rearrange(groups, "(b h w) (g1 g2) c -> b (g1 h) (g2 w) c", h=height // grid, w=width // grid, g1=grid)
@@ -106,7 +93,7 @@ def interval_partition(x: Tensor, interval: int) -> Tensor:
     """(B, H, W, C) -> (B * interval², H/interval * W/interval, C): CrossFormer's long-distance groups, the
     tokens whose row and column agree modulo `interval`. On a square map this is `grid_partition` with
     grid = H / interval: CrossFormer fixes the spacing, MaxViT the number of tokens per group."""
-    _check_positive("interval", interval)
+    check_positive("interval", interval)
     if x.dim() != 4:
         raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, height, width, channels)")
     height, width = x.shape[1:3]
@@ -117,7 +104,7 @@ def interval_partition(x: Tensor, interval: int) -> Tensor:
 
 def interval_reverse(groups: Tensor, interval: int, height: int, width: int) -> Tensor:
     """Inverse of `interval_partition`: (B * interval², H/interval * W/interval, C) -> (B, height, width, C)."""
-    _check_positive("interval", interval)
+    check_positive("interval", interval)
     if height % interval or width % interval:
         raise ValueError(f"height={height} and width={width} must be multiples of interval={interval}")
     return rearrange(groups, "(b i j) (g1 g2) c -> b (g1 i) (g2 j) c", i=interval, j=interval, g1=height // interval)
@@ -159,7 +146,7 @@ class CrossViTConfig:
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "small_patch", "large_patch", "small_dim", "large_dim",
                      "small_depth", "large_depth", "small_heads", "large_heads", "fusions"):
-            _check_positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         _check_common(self)
         branches = tuple(self.branches) if isinstance(self.branches, (tuple, list)) else (self.branches,)
         if not branches or len(set(branches)) != len(branches) or not set(branches) <= set(BRANCHES):
@@ -229,10 +216,10 @@ class CrossViT(nn.Module):
                 "small": ClassTokenCrossAttention(c.small_dim, c.large_dim, c.large_heads, eps=c.norm_eps),
                 "large": ClassTokenCrossAttention(c.large_dim, c.small_dim, c.small_heads, eps=c.norm_eps),
             }) for _ in range(c.fusions))
-            self.fusions.apply(_init_weights)
+            self.fusions.apply(init_vit_style)
 
     def _check(self, images: Tensor) -> None:
-        size = _check_images(images, self.config.channels)
+        size = check_images(images, self.config.channels)
         if size != (self.config.image_size,) * 2:
             raise ValueError(f"images are {size[0]}x{size[1]}; expected image_size={self.config.image_size}")
 
@@ -287,8 +274,8 @@ class CrossViT(nn.Module):
 def channel_split(dim: int, parts: int) -> tuple[int, ...]:
     """How CrossFormer shares `dim` channels among `parts` kernels, smallest kernel first: halves, the last
     two equal (dim/2, dim/4, dim/8, dim/8 for four). Small kernels are cheap, so they get more channels."""
-    _check_positive("dim", dim)
-    _check_positive("parts", parts)
+    check_positive("dim", dim)
+    check_positive("parts", parts)
     if dim % 2 ** (parts - 1):
         raise ValueError(f"dim={dim} is not divisible by 2**(parts - 1)={2 ** (parts - 1)}, as {parts} kernels need")
     split = [dim // 2 ** (i + 1) for i in range(parts - 1)]
@@ -302,9 +289,9 @@ class CrossScaleEmbedding(nn.Module):
 
     def __init__(self, in_channels: int, dim: int, kernels: tuple[int, ...], stride: int, eps: float = 1e-5) -> None:
         super().__init__()
-        _check_positive("in_channels", in_channels)
-        _check_positive("stride", stride)
-        kernels = _check_positive_ints("kernels", kernels)
+        check_positive("in_channels", in_channels)
+        check_positive("stride", stride)
+        kernels = check_positive_ints("kernels", kernels)
         for kernel in kernels:
             if kernel < stride or (kernel - stride) % 2:
                 raise ValueError(f"kernel {kernel} in kernels={kernels}: each kernel must be at least stride={stride} "
@@ -317,7 +304,7 @@ class CrossScaleEmbedding(nn.Module):
         self.norm = LayerNorm(dim, eps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        height, width = _check_images(x, self.convs[0].in_channels)
+        height, width = check_images(x, self.convs[0].in_channels)
         if height % self.stride or width % self.stride:
             raise ValueError(f"a {height}x{width} input is not divisible by stride={self.stride}")
         grid = torch.cat([conv(x) for conv in self.convs], dim=1)  # (B, dim, H/stride, W/stride)
@@ -330,8 +317,8 @@ class DynamicPositionBias(nn.Module):
 
     def __init__(self, heads: int, hidden: int) -> None:
         super().__init__()
-        _check_positive("heads", heads)
-        _check_positive("hidden", hidden)
+        check_positive("heads", heads)
+        check_positive("hidden", hidden)
         self.mlp = nn.Sequential(
             nn.Linear(2, hidden),
             LayerNorm(hidden), nn.ReLU(), nn.Linear(hidden, hidden),
@@ -354,7 +341,7 @@ class DistanceAttention(nn.Module):
     def __init__(self, dim: int, heads: int, kind: str, size: int, *, qkv_bias: bool = True) -> None:
         super().__init__()
         for argument, value in (("dim", dim), ("heads", heads), ("size", size)):
-            _check_positive(argument, value)
+            check_positive(argument, value)
         if dim % heads:
             raise ValueError(f"dim={dim} is not divisible by heads={heads}")
         if kind not in ("short", "long"):
@@ -432,9 +419,9 @@ class CrossFormerConfig:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "group", "embed_stride"):
-            _check_positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         for name in ("dims", "depths", "heads", "intervals", "embed_kernels", "merge_kernels"):
-            setattr(self, name, _check_positive_ints(name, getattr(self, name)))
+            setattr(self, name, check_positive_ints(name, getattr(self, name)))
         _check_common(self)
         stages = {name: len(getattr(self, name)) for name in ("dims", "depths", "heads", "intervals")}
         if len(set(stages.values())) != 1:
@@ -493,11 +480,11 @@ class CrossFormer(nn.Module):
         )
         self.final_norm = LayerNorm(c.dims[-1], c.norm_eps)
         self.head = nn.Linear(c.dims[-1], c.num_classes) if c.num_classes > 0 else None
-        self.apply(_init_weights)
+        self.apply(init_vit_style)
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, h*w, dims[-1]): the normalised tokens of the last stage."""
-        self.config.check_size(*_check_images(images, self.config.channels))
+        self.config.check_size(*check_images(images, self.config.channels))
         x = images
         for embed, blocks in zip(self.embeds, self.stages):
             tokens, resolution = embed(x)
@@ -521,8 +508,8 @@ class MBConv(nn.Module):
 
     def __init__(self, dim: int, expansion: int = 4) -> None:
         super().__init__()
-        _check_positive("dim", dim)
-        _check_positive("expansion", expansion)
+        check_positive("dim", dim)
+        check_positive("expansion", expansion)
         hidden = dim * expansion
         self.norm = nn.BatchNorm2d(dim)
         self.expand = nn.Conv2d(dim, hidden, 1)
@@ -602,9 +589,9 @@ class MaxViTConfig:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "stem_stride", "block", "grid", "expansion"):
-            _check_positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         for name in ("dims", "depths", "heads"):
-            setattr(self, name, _check_positive_ints(name, getattr(self, name)))
+            setattr(self, name, check_positive_ints(name, getattr(self, name)))
         _check_common(self)
         stages = {name: len(getattr(self, name)) for name in ("dims", "depths", "heads")}
         if len(set(stages.values())) != 1:
@@ -643,11 +630,11 @@ class MaxViT(nn.Module):
         )
         self.final_norm = LayerNorm(c.dims[-1], c.norm_eps)
         self.head = nn.Linear(c.dims[-1], c.num_classes) if c.num_classes > 0 else None
-        self.apply(_init_weights)
+        self.apply(init_vit_style)
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, dims[-1], h, w): the last stage's feature map."""
-        self.config.check_size(*_check_images(images, self.config.channels))
+        self.config.check_size(*check_images(images, self.config.channels))
         x = self.stem(images)  # (B, dims[0], H/stem, W/stem)
         for stage, blocks in enumerate(self.stages):
             if stage > 0:

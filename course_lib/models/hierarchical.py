@@ -35,18 +35,27 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from course_lib.models._common import (
+    check_images,
+    check_positive,
+    check_positive_ints,
+    init_vit_style,
+)
 from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import MLP, LayerNorm, MultiHeadAttention, TransformerBlock
 
 
-def _check_positive(argument: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{argument}={value!r} must be a positive int")
-
-
-def _check_images(images: Tensor, channels: int) -> None:
-    if images.dim() != 4 or images.shape[1] != channels:
-        raise ValueError(f"images has shape {tuple(images.shape)}; expected (batch, channels={channels}, height, width)")
+def _check_stages(config: object, names: tuple[str, ...], dims: str) -> None:
+    """Turn each per-stage setting `names` of `config` into a tuple of positive ints, and check that they all name
+    the same number of stages and that every stage's width `dims` divides by its heads."""
+    for name in names:
+        setattr(config, name, check_positive_ints(name, getattr(config, name)))
+    lengths = {name: len(getattr(config, name)) for name in names}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"every per-stage setting must name the same number of stages; got lengths {lengths}")
+    for stage, (dim, heads) in enumerate(zip(getattr(config, dims), config.heads)):
+        if dim % heads:
+            raise ValueError(f"stage {stage}: {dims}[{stage}]={dim} is not divisible by heads[{stage}]={heads}")
 
 
 @dataclass
@@ -64,19 +73,9 @@ class SegFormerConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        _check_positive("channels", self.channels)
-        names = ("depths", "hidden_sizes", "heads", "patch_sizes", "strides", "sr_ratios", "mlp_ratios")
-        for name in names:
-            values = tuple(getattr(self, name))
-            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-                raise ValueError(f"{name}={values!r} must be a non-empty sequence of positive ints")
-            setattr(self, name, values)
-        lengths = {name: len(getattr(self, name)) for name in names}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"every per-stage setting must name the same number of stages; got lengths {lengths}")
-        for stage, (dim, heads) in enumerate(zip(self.hidden_sizes, self.heads)):
-            if dim % heads:
-                raise ValueError(f"stage {stage}: hidden_sizes[{stage}]={dim} is not divisible by heads[{stage}]={heads}")
+        check_positive("channels", self.channels)
+        _check_stages(self, ("depths", "hidden_sizes", "heads", "patch_sizes", "strides", "sr_ratios", "mlp_ratios"),
+                      "hidden_sizes")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps={self.norm_eps!r} must be positive")
 
@@ -96,7 +95,7 @@ class OverlapPatchEmbed(nn.Module):
     def __init__(self, in_channels: int, dim: int, patch: int, stride: int, eps: float = 1e-5) -> None:
         super().__init__()
         for argument, value in (("in_channels", in_channels), ("dim", dim), ("patch", patch), ("stride", stride)):
-            _check_positive(argument, value)
+            check_positive(argument, value)
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=stride, padding=patch // 2)
         self.norm = LayerNorm(dim, eps)
 
@@ -111,7 +110,7 @@ class SpatialReductionAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, ratio: int = 1, eps: float = 1e-5) -> None:
         super().__init__()
-        _check_positive("ratio", ratio)
+        check_positive("ratio", ratio)
         self.ratio = ratio
         self.attn = MultiHeadAttention(dim, heads)
         if ratio > 1:
@@ -146,8 +145,8 @@ class MixFFN(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        _check_positive("dim", dim)
-        _check_positive("hidden", hidden)
+        check_positive("dim", dim)
+        check_positive("hidden", hidden)
         self.fc_in = nn.Linear(dim, hidden)
         self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
         self.fc_out = nn.Linear(hidden, dim)
@@ -204,7 +203,7 @@ class SegFormerEncoder(nn.Module):
         self.stages = nn.ModuleList(SegFormerStage(config, i) for i in range(config.num_stages))
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        _check_images(images, self.config.channels)
+        check_images(images, self.config.channels)
         features, grid = [], images
         for stage in self.stages:
             grid = stage(grid)
@@ -297,7 +296,7 @@ class CvTConfig:
     bn_eps: float = 1e-5  # BatchNorm of the projections
 
     def __post_init__(self) -> None:
-        _check_positive("channels", self.channels)
+        check_positive("channels", self.channels)
         counts = ("depths", "dims", "heads", "patch_sizes", "patch_strides", "kernel_qkv", "stride_kv")
         sizes = ("patch_paddings", "padding_kv")
         names = (*counts, *sizes, "mlp_ratios", "qkv_bias")
@@ -353,7 +352,7 @@ class ConvAttention(nn.Module):
                  qkv_bias: bool = True, with_cls: bool = False, bn_eps: float = 1e-5) -> None:
         super().__init__()
         for argument, value in (("dim", dim), ("heads", heads), ("kernel", kernel), ("stride_kv", stride_kv)):
-            _check_positive(argument, value)
+            check_positive(argument, value)
         if dim % heads:
             raise ValueError(f"dim={dim} is not divisible by heads={heads}")
         if kernel % 2 == 0:
@@ -435,7 +434,7 @@ class CvT(nn.Module):
         self.stages = nn.ModuleList(CvTStage(config, i) for i in range(config.num_stages))
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], Tensor | None]:
-        _check_images(images, self.config.channels)
+        check_images(images, self.config.channels)
         features, grid, cls = [], images, None
         for stage in self.stages:
             grid, cls = stage(grid)
@@ -520,9 +519,6 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _check_positive_ints(name: str, values: tuple) -> None:
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"{name}={values!r} must be a non-empty sequence of positive ints")
 
 
 def _check_classes(num_classes: object) -> None:
@@ -531,18 +527,12 @@ def _check_classes(num_classes: object) -> None:
 
 
 def _check_square_images(images: Tensor, channels: int, image_size: int) -> None:
-    _check_images(images, channels)
+    check_images(images, channels)
     if tuple(images.shape[2:]) != (image_size, image_size):
         raise ValueError(f"images are {images.shape[2]}x{images.shape[3]}; expected image_size={image_size} "
                          "(the learned positions belong to that grid)")
 
 
-def _init_vit_style(module: nn.Module) -> None:
-    """The ViT's initialisation: truncated normal (std 0.02) weights, zero biases, for linear and conv layers."""
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 # ==============================================================================================
@@ -587,17 +577,8 @@ class MViTConfig:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "patch_size", "patch_kernel", "q_stride", "pool_kernel"):
-            _check_positive(name, getattr(self, name))
-        names = ("depths", "dims", "heads", "kv_strides")
-        for name in names:
-            setattr(self, name, tuple(getattr(self, name)))
-            _check_positive_ints(name, getattr(self, name))
-        lengths = {name: len(getattr(self, name)) for name in names}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"every per-stage setting must name the same number of stages; got lengths {lengths}")
-        for stage, (dim, heads) in enumerate(zip(self.dims, self.heads)):
-            if dim % heads:
-                raise ValueError(f"stage {stage}: dims[{stage}]={dim} is not divisible by heads[{stage}]={heads}")
+            check_positive(name, getattr(self, name))
+        _check_stages(self, ("depths", "dims", "heads", "kv_strides"), "dims")
         for name in ("patch_kernel", "pool_kernel"):
             if getattr(self, name) % 2 == 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be odd (padding {name} // 2 centres it)")
@@ -635,7 +616,7 @@ class GridPool(nn.Module):
     def __init__(self, channels: int, kernel: int, stride: int, mode: str = "conv", eps: float = 1e-6) -> None:
         super().__init__()
         for argument, value in (("channels", channels), ("kernel", kernel), ("stride", stride)):
-            _check_positive(argument, value)
+            check_positive(argument, value)
         if kernel % 2 == 0:
             raise ValueError(f"kernel={kernel} must be odd")
         if mode == "conv":
@@ -667,7 +648,7 @@ class PoolingAttention(nn.Module):
                  mode: str = "conv", qkv_bias: bool = True, eps: float = 1e-6) -> None:
         super().__init__()
         for argument, value in (("dim", dim), ("heads", heads), ("q_stride", q_stride), ("kv_stride", kv_stride)):
-            _check_positive(argument, value)
+            check_positive(argument, value)
         if dim % heads:
             raise ValueError(f"dim={dim} is not divisible by heads={heads}")
         self.heads, head_dim = heads, dim // heads
@@ -698,7 +679,7 @@ class MViTBlock(nn.Module):
                  kernel: int = 3, mode: str = "conv", mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  eps: float = 1e-6) -> None:
         super().__init__()
-        _check_positive("dim_out", dim_out)
+        check_positive("dim_out", dim_out)
         self.attn_norm = LayerNorm(dim, eps)
         self.attn = PoolingAttention(dim, heads, q_stride=q_stride, kv_stride=kv_stride, kernel=kernel, mode=mode,
                                      qkv_bias=qkv_bias, eps=eps)
@@ -739,7 +720,7 @@ class MViT(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = LayerNorm(c.dims[-1], c.norm_eps)
         self.head = nn.Linear(c.dims[-1], c.num_classes) if c.num_classes > 0 else None
-        self.apply(_init_vit_style)
+        self.apply(init_vit_style)
         for parameter in (self.cls_token, self.pos_embedding):
             nn.init.trunc_normal_(parameter, std=0.02)
 
@@ -787,17 +768,8 @@ class PiTConfig:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "patch_size", "patch_stride", "pool_stride"):
-            _check_positive(name, getattr(self, name))
-        names = ("depths", "dims", "heads")
-        for name in names:
-            setattr(self, name, tuple(getattr(self, name)))
-            _check_positive_ints(name, getattr(self, name))
-        lengths = {name: len(getattr(self, name)) for name in names}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"every per-stage setting must name the same number of stages; got lengths {lengths}")
-        for stage, (dim, heads) in enumerate(zip(self.dims, self.heads)):
-            if dim % heads:
-                raise ValueError(f"stage {stage}: dims[{stage}]={dim} is not divisible by heads[{stage}]={heads}")
+            check_positive(name, getattr(self, name))
+        _check_stages(self, ("depths", "dims", "heads"), "dims")
         for stage in range(1, len(self.dims)):
             if self.dims[stage] % self.dims[stage - 1]:
                 raise ValueError(f"dims[{stage}]={self.dims[stage]} is not a multiple of dims[{stage - 1}]="
@@ -827,7 +799,7 @@ class PiTPooling(nn.Module):
     def __init__(self, dim: int, dim_out: int, stride: int = 2) -> None:
         super().__init__()
         for argument, value in (("dim", dim), ("dim_out", dim_out), ("stride", stride)):
-            _check_positive(argument, value)
+            check_positive(argument, value)
         if dim_out % dim:
             raise ValueError(f"dim_out={dim_out} is not a multiple of dim={dim}")
         self.conv = nn.Conv2d(dim, dim_out, kernel_size=stride + 1, stride=stride, padding=stride // 2, groups=dim)
@@ -856,7 +828,7 @@ class PiT(nn.Module):
         self.pools = nn.ModuleList(PiTPooling(c.dims[s], c.dims[s + 1], c.pool_stride) for s in range(len(c.dims) - 1))
         self.final_norm = LayerNorm(c.dims[-1])
         self.head = nn.Linear(c.dims[-1], c.num_classes) if c.num_classes > 0 else None
-        self.apply(_init_vit_style)
+        self.apply(init_vit_style)
         for parameter in (self.cls_token, self.pos_embedding):
             nn.init.trunc_normal_(parameter, std=0.02)
 
@@ -909,11 +881,11 @@ class T2TConfig:
 
     def __post_init__(self) -> None:
         for name in ("image_size", "channels", "token_dim", "dim", "depth", "heads"):
-            _check_positive(name, getattr(self, name))
+            check_positive(name, getattr(self, name))
         for name in ("kernels", "strides", "paddings"):
             setattr(self, name, tuple(getattr(self, name)))
-        _check_positive_ints("kernels", self.kernels)
-        _check_positive_ints("strides", self.strides)
+        check_positive_ints("kernels", self.kernels)
+        check_positive_ints("strides", self.strides)
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in self.paddings):
             raise ValueError(f"paddings={self.paddings!r} must be a sequence of non-negative ints")
         if not len(self.kernels) == len(self.strides) == len(self.paddings):
@@ -957,8 +929,8 @@ class TokenTransformer(nn.Module):
 
     def __init__(self, dim: int, token_dim: int, mlp_ratio: float = 1.0, eps: float = 1e-5) -> None:
         super().__init__()
-        _check_positive("dim", dim)
-        _check_positive("token_dim", token_dim)
+        check_positive("dim", dim)
+        check_positive("token_dim", token_dim)
         self.attn_norm = LayerNorm(dim, eps)
         self.to_q = nn.Linear(dim, token_dim, bias=False)
         self.to_k = nn.Linear(dim, token_dim, bias=False)
@@ -990,7 +962,7 @@ class T2TViT(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, mlp_ratio=c.mlp_ratio) for _ in range(c.depth))
         self.final_norm = LayerNorm(c.dim)
         self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else None
-        self.apply(_init_vit_style)
+        self.apply(init_vit_style)
         for parameter in (self.cls_token, self.pos_embedding):
             nn.init.trunc_normal_(parameter, std=0.02)
 

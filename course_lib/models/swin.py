@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from course_lib.models._common import check_positive
 from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import MLP, LayerNorm
 
@@ -75,14 +76,9 @@ class SwinConfig:
 # Windows, the shifted-window mask and the relative position index.
 
 
-def _check_positive(argument: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{argument}={value!r} must be a positive int")
-
-
 def window_partition(x: Tensor, window: int) -> Tensor:
     """(B, H, W, C) -> (B * H/window * W/window, window², C): the tokens of each window, windows row by row."""
-    _check_positive("window", window)
+    check_positive("window", window)
     if x.dim() != 4:
         raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, height, width, channels)")
     height, width = x.shape[1:3]
@@ -93,7 +89,7 @@ def window_partition(x: Tensor, window: int) -> Tensor:
 
 def window_reverse(windows: Tensor, window: int, height: int, width: int) -> Tensor:
     """Inverse of `window_partition`: (B * nH * nW, window², C) -> (B, height, width, C)."""
-    _check_positive("window", window)
+    check_positive("window", window)
     if height % window or width % window:
         raise ValueError(f"height={height} and width={width} must be multiples of window={window}")
     if windows.dim() != 3 or windows.shape[1] != window * window:
@@ -109,7 +105,7 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, *, dev
     feature map rolled by -shift: along each axis the rolled map has three regions (never wrapped; the last
     window's part that was there before; the part that wrapped round from the start), and tokens that came
     from different regions were not neighbours in the image."""
-    _check_positive("window", window)
+    check_positive("window", window)
     if not 0 <= shift < window:
         raise ValueError(f"shift={shift} must lie in [0, window={window})")
     if height % window or width % window:
@@ -128,8 +124,8 @@ def relative_position_index(window: int, table_window: int | None = None) -> Ten
     """(window², window²) index into a ((2 * table_window - 1)², heads) bias table: the entry for the offset
     (dy, dx) from key to query. A window smaller than the table's uses the table's central entries."""
     table_window = window if table_window is None else table_window
-    _check_positive("window", window)
-    _check_positive("table_window", table_window)
+    check_positive("window", window)
+    check_positive("table_window", table_window)
     if window > table_window:
         raise ValueError(f"window={window} is larger than the bias table's window={table_window}")
     rows, cols = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
@@ -157,7 +153,7 @@ class WindowAttention(nn.Module):
     def __init__(self, dim: int, heads: int, window: int, *, qkv_bias: bool = True) -> None:
         super().__init__()
         for argument, value in (("dim", dim), ("heads", heads), ("window", window)):
-            _check_positive(argument, value)
+            check_positive(argument, value)
         if dim % heads:
             raise ValueError(f"dim={dim} is not divisible by heads={heads}")
         self.heads, self.window = heads, window
@@ -211,7 +207,7 @@ class SwinBlock(nn.Module):
     def __init__(self, dim: int, heads: int, window: int, shift: int = 0, *, mlp_ratio: float = 4.0,
                  eps: float = 1e-5, qkv_bias: bool = True) -> None:
         super().__init__()
-        _check_positive("window", window)
+        check_positive("window", window)
         if not 0 <= shift < window:
             raise ValueError(f"shift={shift} must lie in [0, window={window})")
         self.window, self.shift = window, shift
