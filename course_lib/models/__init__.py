@@ -29,6 +29,7 @@ from course_lib.models.hierarchical import (
     T2TConfig,
     T2TViT,
 )
+from course_lib.models.mamba import Mamba, MambaConfig
 from course_lib.models.seq2seq import Seq2SeqTransformer, Seq2SeqTransformerConfig
 from course_lib.models.sequence import SequenceTransformer, SequenceTransformerConfig
 from course_lib.models.swin import Swin, SwinConfig
@@ -36,8 +37,9 @@ from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
     "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "FlexiPatchEmbedding",
-    "FlexiViT", "GPT", "GPTConfig", "KVCache", "MaxViT", "MaxViTConfig", "MViT", "MViTConfig", "pack_images",
-    "packed_forward", "PackedBatch", "PiT", "PiTConfig", "RandomResolution", "SegFormerConfig",
-    "SegFormerEncoder", "Seq2SeqTransformer", "Seq2SeqTransformerConfig", "SequenceTransformer",
-    "SequenceTransformerConfig", "Swin", "SwinConfig", "T2TConfig", "T2TViT", "ViT", "ViTConfig",
+    "FlexiViT", "GPT", "GPTConfig", "KVCache", "Mamba", "MambaConfig", "MaxViT", "MaxViTConfig", "MViT",
+    "MViTConfig", "pack_images", "packed_forward", "PackedBatch", "PiT", "PiTConfig", "RandomResolution",
+    "SegFormerConfig", "SegFormerEncoder", "Seq2SeqTransformer", "Seq2SeqTransformerConfig",
+    "SequenceTransformer", "SequenceTransformerConfig", "Swin", "SwinConfig", "T2TConfig", "T2TViT", "ViT",
+    "ViTConfig",
 ]
