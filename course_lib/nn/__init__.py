@@ -8,6 +8,16 @@ from course_lib.nn.attention import (
     scaled_dot_product_attention,
 )
 from course_lib.nn.block import TransformerBlock, TransformerEncoder, deepnet_scales
+from course_lib.nn.efficient_attention import (
+    LearnedKernelAttention,
+    haar_transform,
+    inverse_haar_transform,
+    linear_attention,
+    mra_attention,
+    multipole_attention,
+    performer_attention,
+    wavelet_space_attention,
+)
 from course_lib.nn.feedforward import GLU, MLP, glu_hidden, make_feedforward
 from course_lib.nn.norms import LayerNorm, NormedLinear, RMSNorm, make_norm
 from course_lib.nn.positional import (
@@ -22,9 +32,11 @@ from course_lib.nn.positional import (
 )
 
 __all__ = [
-    "GLU", "MLP", "LayerNorm", "LearnedPositionalEmbedding", "MultiHeadAttention", "NormedLinear", "RMSNorm",
-    "RotaryEmbedding", "SinusoidalPositionalEncoding", "SinusoidalPositionalEncoding2D",
-    "TransformerBlock", "TransformerEncoder", "angle_between_positions", "block_mask", "causal_mask",
-    "deepnet_scales", "glu_hidden", "make_feedforward", "make_norm", "padding_mask", "rotate_half", "scaled_dot_product_attention",
-    "sinusoidal_table", "sinusoidal_table_2d",
+    "GLU", "LayerNorm", "LearnedKernelAttention", "LearnedPositionalEmbedding", "MLP", "MultiHeadAttention",
+    "NormedLinear", "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEncoding",
+    "SinusoidalPositionalEncoding2D", "TransformerBlock", "TransformerEncoder", "angle_between_positions",
+    "block_mask", "causal_mask", "deepnet_scales", "glu_hidden", "haar_transform", "inverse_haar_transform",
+    "linear_attention", "make_feedforward", "make_norm", "mra_attention", "multipole_attention", "padding_mask",
+    "performer_attention", "rotate_half", "scaled_dot_product_attention", "sinusoidal_table",
+    "sinusoidal_table_2d", "wavelet_space_attention",
 ]
