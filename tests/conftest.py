@@ -31,3 +31,13 @@ def offline_env(runs_dir: Path) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """`module` with every parameter drawn from N(0, 0.5²), norms included, so that no part of a comparison with a
+    naive computation is trivially zero or one."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.5)
+    return module

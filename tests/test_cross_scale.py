@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from conftest import randomised as randomised_parameters
 from course_lib.models.cross_scale import (
     AxisAttentionLayer,
     ClassTokenCrossAttention,
@@ -38,12 +39,8 @@ TOLERANCE = 1e-5
 
 
 def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter drawn at scale 0.5 (norms included), so that no part of a comparison is trivially zero."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.normal_(0.0, 0.5)
-    return module.eval()
+    """The shared random draw, in eval mode (MaxViT's MBConv has a BatchNorm)."""
+    return randomised_parameters(module, seed).eval()
 
 
 def coords_of(height: int, width: int) -> Tensor:

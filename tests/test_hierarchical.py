@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from conftest import randomised
 from course_lib.models.hierarchical import (
     ConvAttention,
     CvT,
@@ -138,14 +139,6 @@ def test_segformer_settings_the_model_lacks_are_refused():
 
 # ----------------------------------------------------------------------------------------------
 # Naive computations.
-
-
-def randomised(module: torch.nn.Module) -> torch.nn.Module:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.normal_(0.0, 0.5)
-    return module
 
 
 def test_spatial_reduction_attention_with_ratio_1_is_plain_global_attention():

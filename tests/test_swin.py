@@ -8,6 +8,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from conftest import randomised
 from course_lib.models.swin import (
     Swin,
     SwinBlock,
@@ -140,14 +141,6 @@ def naive_attention(attn: WindowAttention, tokens: Tensor, coords: Tensor, allow
 def grid_coords(height: int, width: int) -> Tensor:
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     return torch.stack([rows.flatten(), cols.flatten()], dim=1)  # (H*W, 2), row by row
-
-
-def randomised(module: torch.nn.Module) -> torch.nn.Module:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            parameter.normal_(0.0, 0.5)
-    return module
 
 
 def test_window_attention_is_global_attention_under_a_block_diagonal_mask():
