@@ -14,7 +14,6 @@ from course_lib.models.any_resolution import (
     FlexiPatchEmbedding,
     FlexiViT,
     RandomResolution,
-    _masked_block,
     pack_images,
     pack_sequences,
     packed_forward,
@@ -338,11 +337,11 @@ def test_pool_packed_is_the_mean_of_each_images_tokens():
 
 
 @pytest.mark.parametrize("parallel", [False, True])
-def test_masked_block_with_a_full_mask_is_the_block(parallel):
+def test_a_block_with_a_full_mask_is_the_block_without_one(parallel):
     vit = model(parallel_blocks=parallel, qk_norm=parallel)
     x = torch.randn(2, 7, 32)
     with torch.no_grad():
-        torch.testing.assert_close(_masked_block(vit.blocks[0], x, torch.ones(7, 7, dtype=torch.bool)),
+        torch.testing.assert_close(vit.blocks[0](x, torch.ones(7, 7, dtype=torch.bool)),
                                    vit.blocks[0](x), atol=TOLERANCE, rtol=0)
 
 

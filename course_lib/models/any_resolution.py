@@ -29,18 +29,13 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor
 
-from course_lib.models.vit import PatchEmbedding, ViT, ViTAttention, ViTBlock, ViTConfig
-from course_lib.nn import scaled_dot_product_attention
+from course_lib.models._common import check_positive
+from course_lib.models.vit import PatchEmbedding, ViT, ViTConfig
 
 __all__ = [
     "FlexiPatchEmbedding", "FlexiViT", "PackedBatch", "RandomResolution", "pack_images", "pack_sequences",
     "packed_forward", "packing_mask", "pi_resize", "pool_packed", "resize_images", "resize_matrix",
 ]
-
-
-def _check_positive_int(argument: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{argument}={value!r} must be a positive int")
 
 
 def _as_pair(argument: str, size: int | Sequence[int]) -> tuple[int, int]:
@@ -69,8 +64,8 @@ def resize_images(images: Tensor, size: int | Sequence[int]) -> Tensor:
 def resize_matrix(old: int, new: int) -> Tensor:
     """The (new², old²) float64 matrix B of `resize_images` from old x old to new x new: for a patch x
     flattened row by row, B @ x is the resized patch, flattened the same way."""
-    _check_positive_int("old", old)
-    _check_positive_int("new", new)
+    check_positive("old", old)
+    check_positive("new", new)
     basis = torch.eye(old * old, dtype=torch.float64).view(old * old, old, old)  # one pixel lit per image
     return rearrange(resize_images(basis, new), "k h w -> (h w) k")
 
@@ -84,7 +79,7 @@ def pi_resize(weight: Tensor, new: int) -> Tensor:
     """
     if weight.dim() < 2 or weight.shape[-1] != weight.shape[-2]:
         raise ValueError(f"weight has shape {tuple(weight.shape)}; expected (..., p, p), a square kernel")
-    _check_positive_int("new", new)
+    check_positive("new", new)
     old = weight.shape[-1]
     if new == old:
         return weight
@@ -104,7 +99,7 @@ class FlexiPatchEmbedding(PatchEmbedding):
     def forward(self, images: Tensor, patch_size: int | None = None) -> Tensor:
         """(B, C, H, W) -> (B, (H/p)(W/p), dim) with p = `patch_size` (default: the base patch size)."""
         patch = self.patch_size if patch_size is None else patch_size
-        _check_positive_int("patch_size", patch)
+        check_positive("patch_size", patch)
         if images.dim() != 4 or images.shape[1] != self.channels:
             raise ValueError(f"images has shape {tuple(images.shape)}; expected (batch, {self.channels}, height, width)")
         if images.shape[-2] % patch or images.shape[-1] % patch:
@@ -155,7 +150,7 @@ class FlexiViT(ViT):
                 raise ValueError(f"images are {height}x{width}: patch_size=None keeps the {grid_h}x{grid_w} grid, "
                                  f"so the sides must be equal multiples of {grid_h} and {grid_w}")
             return height // grid_h
-        _check_positive_int("patch_size", patch_size)
+        check_positive("patch_size", patch_size)
         if height % patch_size or width % patch_size:
             raise ValueError(f"images are {height}x{width}, not divisible by patch_size={patch_size}")
         return patch_size
@@ -193,7 +188,7 @@ class RandomResolution:
         if not sizes:
             raise ValueError("sizes=() must name at least one image side")
         for size in sizes:
-            _check_positive_int("sizes[...]", size)
+            check_positive("sizes[...]", size)
         self.sizes = sizes
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
@@ -211,7 +206,7 @@ class RandomResolution:
 def pack_sequences(lengths: Sequence[int], max_len: int) -> list[list[int]]:
     """Greedy first-fit packing: each item, in the given order, goes into the first sequence that still has
     room for it, else into a new one. Returns the item indices of each sequence."""
-    _check_positive_int("max_len", max_len)
+    check_positive("max_len", max_len)
     for i, length in enumerate(lengths):
         if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= max_len:
             raise ValueError(f"lengths[{i}]={length!r} must be an int in 1..max_len={max_len}")
@@ -273,8 +268,8 @@ def packing_mask(segments: Tensor) -> Tensor:
 def pack_images(images: Sequence[Tensor], *, patch_size: int, max_len: int, prefix: int = 0) -> PackedBatch:
     """Cut each (C, H, W) image into patches of `patch_size` and pack them greedily (`pack_sequences`) into
     rows of `max_len` tokens. `prefix`: slots reserved in front of each image (1 for a class token)."""
-    _check_positive_int("patch_size", patch_size)
-    _check_positive_int("max_len", max_len)
+    check_positive("patch_size", patch_size)
+    check_positive("max_len", max_len)
     if prefix not in (0, 1):
         raise ValueError(f"prefix={prefix!r}; expected 0 (mean pooling) or 1 (a class token per image)")
     if len(images) == 0:
@@ -325,25 +320,6 @@ def pool_packed(tokens: Tensor, batch: PackedBatch) -> Tensor:
     return sums / counts[:, None]
 
 
-def _masked_attention(attn: ViTAttention, x: Tensor, mask: Tensor) -> Tensor:
-    """`ViTAttention.forward` with a boolean attention mask."""
-    q = attn.q_norm(rearrange(attn.to_q(x), "b t (h d) -> b h t d", h=attn.heads))
-    k = attn.k_norm(rearrange(attn.to_k(x), "b t (h d) -> b h t d", h=attn.heads))
-    v = rearrange(attn.to_v(x), "b t (h d) -> b h t d", h=attn.heads)
-    out = scaled_dot_product_attention(q, k, v, mask, impl="fused",
-                                       dropout=attn.dropout if attn.training else 0.0)
-    return attn.to_out(rearrange(out, "b h t d -> b t (h d)"))
-
-
-def _masked_block(block: ViTBlock, x: Tensor, mask: Tensor) -> Tensor:
-    """`ViTBlock.forward` with a boolean attention mask (the MLP works per token and needs none)."""
-    if block.parallel:
-        h = block.attn_norm(x)
-        return x + block.dropout(_masked_attention(block.attn, h, mask)) + block.ffn(h)
-    x = x + block.dropout(_masked_attention(block.attn, block.attn_norm(x), mask))
-    return x + block.ffn(block.ffn_norm(x))
-
-
 def packed_forward(model: ViT, batch: PackedBatch) -> Tensor:
     """Run a packed batch through `model`'s weights: (num_images, num_classes), or (num_images, dim) without a
     head, in the order the images were packed. Equal to running each image alone at its own resolution.
@@ -374,6 +350,6 @@ def packed_forward(model: ViT, batch: PackedBatch) -> Tensor:
     x = model.embed_dropout(x + positions)
     mask = batch.mask
     for block in model.blocks:
-        x = _masked_block(block, x, mask)
+        x = block(x, mask)
     pooled = pool_packed(model.final_norm(x), batch)  # (num_images, dim)
     return model.head(pooled) if model.head is not None else pooled

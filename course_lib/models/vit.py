@@ -113,12 +113,14 @@ class ViTAttention(nn.Module):
         self.k_norm = LayerNorm(c.head_dim, eps=c.norm_eps) if c.qk_norm else nn.Identity()
         self.to_out = nn.Linear(c.dim, c.dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, T, dim) -> (B, T, dim)."""
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, T, dim) -> (B, T, dim). `mask` (True = may attend), broadcastable to (B, heads, T, T), keeps
+        tokens apart, e.g. the images of a packed sequence."""
         q = self.q_norm(rearrange(self.to_q(x), "b t (h d) -> b h t d", h=self.heads))
         k = self.k_norm(rearrange(self.to_k(x), "b t (h d) -> b h t d", h=self.heads))
         v = rearrange(self.to_v(x), "b t (h d) -> b h t d", h=self.heads)
-        out = scaled_dot_product_attention(q, k, v, impl="fused", dropout=self.dropout if self.training else 0.0)
+        out = scaled_dot_product_attention(q, k, v, mask, impl="fused",
+                                           dropout=self.dropout if self.training else 0.0)
         return self.to_out(rearrange(out, "b h t d -> b t (h d)"))
 
 
@@ -137,11 +139,12 @@ class ViTBlock(nn.Module):
         self.ffn = MLP(c.dim, c.mlp_hidden, activation="gelu", dropout=c.dropout)
         self.dropout = nn.Dropout(c.dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, T, dim) -> (B, T, dim); `mask` goes to the attention (the MLP works per token and needs none)."""
         if self.parallel:
             h = self.attn_norm(x)
-            return x + self.dropout(self.attn(h)) + self.ffn(h)
-        x = x + self.dropout(self.attn(self.attn_norm(x)))
+            return x + self.dropout(self.attn(h, mask)) + self.ffn(h)
+        x = x + self.dropout(self.attn(self.attn_norm(x), mask))
         return x + self.ffn(self.ffn_norm(x))  # MLP applies its own dropout to its output
 
 
