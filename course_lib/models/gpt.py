@@ -2,9 +2,10 @@
 
 Config: learned or rotary positions, LayerNorm or RMSNorm, GELU MLP or SwiGLU, multi-head /
 grouped-query / multi-query attention (`kv_heads`), cross-layer KV sharing (`kv_share_every`,
-as in "MLKV: Multi-Layer Key-Value Heads"), weight tying. `generate` samples with temperature and
-top-k, with or without a KV cache. `GPT.from_hf` copies the weights of a Hugging Face
-`GPT2LMHeadModel` or `LlamaForCausalLM` through an explicit key map.
+as in "MLKV: Multi-Layer Key-Value Heads"), weight tying, and multi-rate structure on every block's
+output (`wavelet_levels`, as in "WaveletGPT: Wavelets Meet Large Language Models"; no parameters).
+`generate` samples with temperature and top-k, with or without a KV cache. `GPT.from_hf` copies
+the weights of a Hugging Face `GPT2LMHeadModel` or `LlamaForCausalLM` through an explicit key map.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from course_lib.nn import (
     make_norm,
     scaled_dot_product_attention,
 )
+from course_lib.nn.multirate import multirate_causal_average
 
 
 @dataclass
@@ -46,6 +48,7 @@ class GPTConfig:
     tie_weights: bool = True  # the output head reuses the token embedding
     dropout: float = 0.0
     rope_base: float = 10000.0
+    wavelet_levels: int = 0  # > 0: half the channels of each block's output averaged over 2..2^levels past tokens
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "dim", "depth", "heads", "kv_share_every"):
@@ -61,6 +64,9 @@ class GPTConfig:
             raise ValueError(f"positional={self.positional!r}; expected 'learned' or 'rope'")
         if self.activation not in ("gelu", "gelu_tanh"):
             raise ValueError(f"activation={self.activation!r}; expected 'gelu' or 'gelu_tanh'")
+        if isinstance(self.wavelet_levels, bool) or not isinstance(self.wavelet_levels, int) \
+                or not 0 <= self.wavelet_levels <= self.dim // 2:
+            raise ValueError(f"wavelet_levels={self.wavelet_levels!r}; expected an integer in [0, dim // 2 = {self.dim // 2}]")
         if self.ffn_hidden is None:
             self.ffn_hidden = 4 * self.dim if self.ffn == "mlp" else 8 * math.ceil(8 * self.dim / 3 / 8)
 
@@ -202,6 +208,9 @@ class GPT(nn.Module):
         """With a cache, `tokens` continue the sequence stored in it, and their keys and values are added."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens has shape {tuple(tokens.shape)}; expected (batch, length)")
+        if cache is not None and self.config.wavelet_levels:
+            raise ValueError("a KV cache cannot serve wavelet_levels > 0: the averages need every layer's past "
+                             "outputs, not only its keys and values; call without a cache (generate(use_cache=False))")
         offset = cache.length if cache is not None else 0
         if offset + tokens.shape[1] > self.config.max_len:
             raise ValueError(f"sequence length {offset + tokens.shape[1]} is longer than max_len={self.config.max_len}")
@@ -211,14 +220,21 @@ class GPT(nn.Module):
         kv = None
         for index, block in enumerate(self.blocks):
             x, kv = block(x, shared_kv=kv, rope=self.rope, offset=offset, cache=cache, index=index)
+            if self.config.wavelet_levels:
+                x = multirate_causal_average(x, self.config.wavelet_levels)
         if cache is not None:
             cache.advance(tokens.shape[1])
         return self.head(self.final_norm(x))
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
-                 use_cache: bool = True, generator: torch.Generator | None = None) -> Tensor:
-        """Continue (B, T) prompts by `max_new_tokens`; temperature 0 is greedy. Returns (B, T + new)."""
+                 use_cache: bool | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Continue (B, T) prompts by `max_new_tokens`; temperature 0 is greedy. Returns (B, T + new).
+
+        `use_cache` None caches keys and values whenever the model allows it (not with wavelet_levels > 0).
+        """
+        if use_cache is None:
+            use_cache = not self.config.wavelet_levels
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be positive")
         if temperature < 0:
