@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from course_lib.measure import count_flops
 from course_lib.models.gpt import GPT, GPTConfig
@@ -27,13 +28,14 @@ def _bytes(batch: int, length: int, vocab: int = VOCAB, seed: int = 0) -> torch.
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def test_strictly_causal_over_bytes_exhaustively():
+@pytest.mark.parametrize("positional", ["learned", "rope"])
+def test_strictly_causal_over_bytes_exhaustively(positional):
     """For every position t and every change to the bytes at >= t (all of them, small vocab), logits[:t+1] stay.
 
     Length 6 = two patches of 3, vocabulary 3: every one of the 3^6 sequences is compared with the
     sequence that shares its first t bytes and is zero from t on.
     """
-    model = _model(vocab_size=3)
+    model = _model(vocab_size=3, positional=positional)
     length = 6
     everything = torch.tensor(list(itertools.product(range(3), repeat=length)))      # (729, 6)
     with torch.no_grad():
@@ -92,6 +94,7 @@ def test_too_long_and_bad_shapes_raise():
     (dict(local_depth=-1), "local_depth=-1"),
     (dict(norm="batch"), "norm='batch'"),
     (dict(mlp_ratio=0.0), "mlp_ratio=0.0"),
+    (dict(positional="sinusoidal"), "positional='sinusoidal'"),
 ])
 def test_bad_config_raises(options, message):
     with pytest.raises(ValueError, match=message):
@@ -172,3 +175,41 @@ def test_padding_does_not_change_earlier_logits():
     a = model(F.pad(data, (0, 2), value=0))
     b = model(F.pad(data, (0, 2), value=3))
     torch.testing.assert_close(a[:, :8], b[:, :8], rtol=0, atol=1e-6)
+
+
+def test_rope_positions_rotate_queries_and_keys_in_both_stages():
+    """With rope, no position vectors are added and each stage's attention equals attention on rotated q, k."""
+    model = _model(positional="rope")
+    assert not any("position" in name for name, _ in model.named_parameters())
+    data = _bytes(2, 12, seed=5)
+    with torch.no_grad():
+        rope_out = model(data)
+        model.global_rope = model.local_rope = None       # the same weights without rotations
+        plain_out = model(data)
+    assert not torch.allclose(rope_out, plain_out, atol=1e-4)
+
+
+def test_rope_local_stage_equals_a_manual_rotary_attention():
+    """The local stage's first block, run by hand with rotated queries and keys, gives the model's logits."""
+    model = _model(positional="rope", local_depth=1)
+    data = _bytes(2, 6, seed=6)
+    c = model.config
+    with torch.no_grad():
+        g = model.global_features(data)
+        x = rearrange(model.to_local(g), "b k (p d) -> (b k) p d", p=c.patch_size)
+        previous = rearrange(model.local_byte_embed(data), "b (k p) d -> (b k) p d", p=c.patch_size)
+        x = x + torch.cat([model.local_start.expand(x.shape[0], 1, -1), previous[:, :-1]], dim=1)
+        block = model.local_blocks[0]
+        attn = block.attn
+        h = block.attn_norm(x)
+        q = rearrange(attn.to_q(h), "n l (h d) -> n h l d", h=c.local_heads)
+        k = rearrange(attn.to_k(h), "n l (h d) -> n h l d", h=c.local_heads)
+        v = rearrange(attn.to_v(h), "n l (h d) -> n h l d", h=c.local_heads)
+        q, k = model.local_rope(q), model.local_rope(k)
+        scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+        scores = scores.masked_fill(~torch.ones(3, 3, dtype=torch.bool).tril(), float("-inf"))
+        out = rearrange(scores.softmax(-1) @ v, "n h l d -> n l (h d)")
+        x = x + attn.to_out(out)
+        x = x + block.ffn(block.ffn_norm(x))
+        expected = rearrange(model.head(model.local_norm(x)), "(b k) p v -> b (k p) v", b=2)
+        torch.testing.assert_close(model(data), expected, rtol=1e-5, atol=1e-5)

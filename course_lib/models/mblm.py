@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from course_lib.models.gpt import GPTConfig
-from course_lib.nn import LearnedPositionalEmbedding, TransformerBlock, make_norm
+from course_lib.nn import LearnedPositionalEmbedding, RotaryEmbedding, TransformerBlock, make_norm
 
 __all__ = ["MBLM", "MBLMConfig", "gpt_flops_per_token"]
 
@@ -48,6 +48,7 @@ class MBLMConfig:
     local_heads: int = 4
     mlp_ratio: float = 4.0
     norm: str = "layer"
+    positional: str = "learned"         # or "rope": rotary positions inside each stage's attention
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "patch_size", "max_patches", "global_dim", "global_depth", "global_heads",
@@ -65,6 +66,8 @@ class MBLMConfig:
             raise ValueError(f"mlp_ratio={self.mlp_ratio!r}; expected a positive ratio")
         if self.norm not in ("layer", "rms"):
             raise ValueError(f"norm={self.norm!r}; expected 'layer' or 'rms'")
+        if self.positional not in ("learned", "rope"):
+            raise ValueError(f"positional={self.positional!r}; expected 'learned' or 'rope'")
 
     @property
     def max_len(self) -> int:
@@ -98,6 +101,8 @@ def gpt_flops_per_token(config: GPTConfig, length: int) -> float:
 class MBLM(nn.Module):
     """bytes (B, L) with L a multiple of patch_size -> logits (B, L, vocab), position t predicting byte t."""
 
+    predicts_current_token = True   # the shift is inside: see course_lib.train.language.next_token_logits
+
     def __init__(self, config: MBLMConfig) -> None:
         super().__init__()
         self.config = c = config
@@ -110,7 +115,7 @@ class MBLM(nn.Module):
         # global stage
         self.global_byte_embed = nn.Embedding(c.vocab_size, c.global_dim // P)
         self.global_start = nn.Parameter(torch.randn(c.global_dim) * 0.02)   # stands in front of patch 0
-        self.global_position = LearnedPositionalEmbedding(c.global_dim, c.max_patches)
+        self.global_position, self.global_rope = self._positions(c.global_dim, c.global_heads, c.max_patches)
         self.global_blocks = blocks(c.global_depth, c.global_dim, c.global_heads)
         self.global_norm = make_norm(c.norm, c.global_dim)
         # global -> local: one vector per position in the patch
@@ -118,10 +123,16 @@ class MBLM(nn.Module):
         # local stage
         self.local_byte_embed = nn.Embedding(c.vocab_size, c.local_dim)
         self.local_start = nn.Parameter(torch.randn(c.local_dim) * 0.02)     # stands in front of each patch's byte 0
-        self.local_position = LearnedPositionalEmbedding(c.local_dim, P)
+        self.local_position, self.local_rope = self._positions(c.local_dim, c.local_heads, P)
         self.local_blocks = blocks(c.local_depth, c.local_dim, c.local_heads)
         self.local_norm = make_norm(c.norm, c.local_dim)
         self.head = nn.Linear(c.local_dim, c.vocab_size, bias=False)
+
+    def _positions(self, dim: int, heads: int, length: int) -> tuple[nn.Module, RotaryEmbedding | None]:
+        """Learned vectors added to the input, or rotary positions applied in attention (and nothing added)."""
+        if self.config.positional == "rope":
+            return nn.Identity(), RotaryEmbedding(dim // heads, length)
+        return LearnedPositionalEmbedding(dim, length), None
 
     def _check_bytes(self, data: Tensor) -> None:
         """Refuse inputs the model cannot take, before any work."""
@@ -141,7 +152,7 @@ class MBLM(nn.Module):
         x = torch.cat([start, patches[:, :-1]], dim=1)                                # shifted by one patch
         x = self.global_position(x)
         for block in self.global_blocks:
-            x = block(x, causal=True)
+            x = block(x, causal=True, rope=self.global_rope)
         return self.global_norm(x)
 
     def forward(self, data: Tensor) -> Tensor:
@@ -155,7 +166,7 @@ class MBLM(nn.Module):
         x = from_global + torch.cat([start, previous[:, :-1]], dim=1)                 # shifted by one byte
         x = self.local_position(x)
         for block in self.local_blocks:
-            x = block(x, causal=True)
+            x = block(x, causal=True, rope=self.local_rope)
         logits = self.head(self.local_norm(x))                                        # (B K, P, vocab)
         return rearrange(logits, "(b k) p v -> b (k p) v", b=batch)
 
