@@ -44,7 +44,7 @@ TOKEN_DATASETS = [*SEQUENCE_TASKS, "python_text"]  # the images (shapes, digits)
 
 
 def test_available_lists_every_dataset():
-    assert available() == sorted([*TOKEN_DATASETS, "digits", "listops", "pathfinder", "shapes"])
+    assert available() == sorted([*TOKEN_DATASETS, "codec_tokens", "digits", "listops", "pathfinder", "shapes", "stdlib_packages"])
 
 
 @pytest.mark.parametrize("name", TOKEN_DATASETS)
@@ -163,7 +163,7 @@ def test_splits_share_no_sequence_in_a_tiny_space(name, options):
 
 
 def test_registry_errors_name_the_problem():
-    with pytest.raises(ValueError, match=r"name='mnist'.*associative_recall, copy.*sort"):
+    with pytest.raises(ValueError, match=r"name='mnist'.*associative_recall, codec_tokens, copy.*sort"):
         load("mnist")
     with pytest.raises(ValueError, match=r"split='validation'.*'train', 'val', 'test'"):
         load("reverse", split="validation")

@@ -1,6 +1,7 @@
 """Offline datasets: `load(name, split=..., **options)`; `available()` lists the names."""
 
-from course_lib.data import digits, sequences, shapes, text  # noqa: F401  (importing registers the datasets)
+from course_lib.data import digits, sequences, shapes, text, text_classes  # noqa: F401  (importing registers the datasets)
+from course_lib.data.codec import CodecTokenDataset, ResidualQuantizer
 from course_lib.data.digits import DigitsDataset
 from course_lib.data.loaders import (
     CourseDataModule,
@@ -14,10 +15,11 @@ from course_lib.data.registry import SPLITS, available, load, register
 from course_lib.data.sequences import IGNORE, SequenceTaskDataset
 from course_lib.data.shapes import Scene, ShapesDataset
 from course_lib.data.text import ByteTextDataset, corpus_text, decode, encode
+from course_lib.data.text_classes import StdlibPackagesDataset
 
 __all__ = [
-    "IGNORE", "SPLITS", "available", "ByteTextDataset", "corpus_text", "CourseDataModule", "decode",
+    "IGNORE", "SPLITS", "available", "ByteTextDataset", "CodecTokenDataset", "corpus_text", "CourseDataModule", "decode",
     "DigitsDataset", "encode", "EpochSampler", "ListOpsDataset", "load", "PathfinderDataset", "register",
-    "ResumableDataLoader", "Scene", "SequenceDataModule", "SequenceTaskDataset", "ShapesDataset",
-    "TextDataModule",
+    "ResidualQuantizer", "ResumableDataLoader", "Scene", "SequenceDataModule", "SequenceTaskDataset", "ShapesDataset",
+    "StdlibPackagesDataset", "TextDataModule",
 ]
