@@ -3,11 +3,13 @@ counts; bad arguments are refused before any step."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from course_lib.train.loop import accuracy, fit
+from course_lib.train.loop import accuracy, fit, one_cycle
 
 
 def separable(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,3 +89,19 @@ def test_fit_refuses_mismatched_or_wrongly_typed_labels():
         fit(model(), x, y[:5], steps=1, lr=1e-3)
     with pytest.raises(ValueError, match="torch.long"):
         fit(model(), x, y.float(), steps=1, lr=1e-3)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 9, 10, 11, 20])
+def test_every_step_count_trains(steps):
+    """OneCycleLR alone divides by zero at 10 steps (a one-step warm-up); `one_cycle` must not."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    fit(nn.Linear(4, 2), x, y, steps=steps, lr=1e-2, batch=8)
+    optimizer = torch.optim.AdamW(nn.Linear(4, 2).parameters(), lr=1e-2)
+    schedule = one_cycle(optimizer, 1e-2, steps)
+    rates = []
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert all(math.isfinite(rate) and 0 <= rate <= 1e-2 * (1 + 1e-9) for rate in rates)

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from course_lib.train.loop import one_cycle
+
 __all__ = ["bits_per_token", "fit_language_model", "next_token_logits", "windows_loss"]
 
 
@@ -103,7 +105,7 @@ def fit_language_model(model: nn.Module, data: Tensor, *, length: int, steps: in
     device = torch.device(device) if device is not None else next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    schedule = one_cycle(optimizer, lr, steps)
     history: dict[str, list] = {"train": [], "val": []}
     model.to(device).train()
     for step in range(1, steps + 1):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["accuracy", "fit"]
+__all__ = ["accuracy", "fit", "one_cycle"]
 
 
 def _check_positive(argument: str, value: object, kind: type = int) -> None:
@@ -34,6 +34,15 @@ def _check_pairs(images: Tensor, labels: Tensor) -> None:
         raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) must be equally long and not empty")
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The course's schedule for `steps` steps: warm-up over the first 10%, then cosine decay (PyTorch's OneCycleLR).
+
+    OneCycleLR divides by zero when its warm-up ends on the very first step (10% of 10 steps), so 10 steps warm
+    up over two.
+    """
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.2 if steps == 10 else 0.1)
+
+
 def fit(model: nn.Module, images: Tensor, labels: Tensor, *, steps: int, lr: float, batch: int = 64, seed: int = 0,
         weight_decay: float = 0.05, device: torch.device | str | None = None,
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None) -> nn.Module:
@@ -48,7 +57,7 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, *, steps: int, lr: flo
     device = torch.device(device) if device is not None else next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
+    schedule = one_cycle(optimizer, lr, steps)
     model.to(device).train()
     for _ in range(steps):
         index = torch.randint(len(images), (batch,), generator=generator)
