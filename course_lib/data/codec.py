@@ -46,7 +46,7 @@ from einops import rearrange, reduce
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from course_lib.data.registry import SPLITS, register
+from course_lib.data.registry import SPLITS, check_int, check_split, register
 
 SAMPLE_RATE = 8000  # Hz
 SCALE_HZ = tuple(220.0 * 2 ** (s / 12) for s in (0, 2, 4, 7, 9, 12, 14, 16, 19, 21, 24))  # A3..A5 pentatonic
@@ -60,23 +60,12 @@ _FLOOR = 1e-3  # added to magnitudes before the log, about the noise level
 _CHUNK_SAMPLES = 2**19  # audio samples rendered at once, to bound memory
 
 
-def _check_int(name: str, value, low: int, what: str = "") -> None:
-    """ValueError unless `value` is an int (not a bool) of at least `low`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an int of at least {low}{what}")
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}; expected one of {SPLITS}")
-
-
 def _check_frame_size(frame_size: int, bins: int | None = None) -> None:
-    _check_int("frame_size", frame_size, 32)
+    check_int("frame_size", frame_size, 32)
     if frame_size % 2:
         raise ValueError(f"frame_size={frame_size} must be even")
     if bins is not None:
-        _check_int("bins", bins, 1)
+        check_int("bins", bins, 1)
         if (frame_size // 2) % bins:
             raise ValueError(f"bins={bins} must divide frame_size // 2 = {frame_size // 2}")
 
@@ -114,9 +103,9 @@ def render_melodies(indices, *, split: str = "train", seed: int = 0, frames: int
     if len(asked) == 0 or asked.is_floating_point() or asked.dtype == torch.bool or (asked < 0).any():
         raise ValueError(f"indices={indices!r} must be a non-empty collection of ints of at least 0")
     indices = asked.tolist()
-    _check_split(split)
-    _check_int("seed", seed, 0)
-    _check_int("frames", frames, 1)
+    check_split(split)
+    check_int("seed", seed, 0)
+    check_int("frames", frames, 1)
     _check_frame_size(frame_size)
     split_id = SPLITS.index(split)
     draws = [_draw_melody(np.random.default_rng([_SALT, seed, split_id, i]), frames, frame_size) for i in indices]
@@ -141,7 +130,7 @@ def render_melody(index: int, *, split: str = "train", seed: int = 0, frames: in
                   frame_size: int = 128) -> tuple[Tensor, Tensor]:
     """Clip `index` of `split`: audio (frames * frame_size,) float32 in about [-1, 1] and the note of
     each frame (frames,) int64, an index into SCALE_HZ."""
-    _check_int("index", index, 0)
+    check_int("index", index, 0)
     audio, notes = render_melodies([index], split=split, seed=seed, frames=frames, frame_size=frame_size)
     return audio[0], notes[0]
 
@@ -193,10 +182,10 @@ def kmeans(points: Tensor, k: int, *, iterations: int = 20, seed: int = 0) -> Te
 
     A cluster that empties takes the point farthest from its centroid. Stops early once no point moves.
     """
-    _check_int("k", k, 1)
+    check_int("k", k, 1)
     _check_points(points, k, "points", "k")
-    _check_int("iterations", iterations, 1)
-    _check_int("seed", seed, 0)
+    check_int("iterations", iterations, 1)
+    check_int("seed", seed, 0)
     generator = torch.Generator().manual_seed(seed)
     x = points.double()
     first = int(torch.randint(len(x), (1,), generator=generator))
@@ -267,10 +256,10 @@ class ResidualQuantizer:
     def fit(self, features: Tensor, levels: int = 4, codebook_size: int = 64, iterations: int = 20,
             seed: int = 0) -> ResidualQuantizer:
         """Fit the codebooks on (N, dim) features, level by level (level l uses seed + l); returns self."""
-        _check_int("levels", levels, 1)
-        _check_int("codebook_size", codebook_size, 1)
-        _check_int("iterations", iterations, 1)
-        _check_int("seed", seed, 0)
+        check_int("levels", levels, 1)
+        check_int("codebook_size", codebook_size, 1)
+        check_int("iterations", iterations, 1)
+        check_int("seed", seed, 0)
         _check_points(features, codebook_size)
         residual = features.double()
         codebooks = []
@@ -329,7 +318,7 @@ class ResidualQuantizer:
 
 def codes_to_tokens(codes: Tensor, codebook_size: int) -> Tensor:
     """Codes (..., frames, levels) -> tokens (..., frames * levels), frame-major, token = level * codebook_size + code."""
-    _check_int("codebook_size", codebook_size, 1)
+    check_int("codebook_size", codebook_size, 1)
     if codes.dim() < 2:
         raise ValueError(f"codes has shape {tuple(codes.shape)}; expected (..., frames, levels)")
     offsets = torch.arange(codes.shape[-1]) * codebook_size  # (levels,)
@@ -338,8 +327,8 @@ def codes_to_tokens(codes: Tensor, codebook_size: int) -> Tensor:
 
 def tokens_to_codes(tokens: Tensor, levels: int, codebook_size: int) -> Tensor:
     """Tokens (..., frames * levels) -> codes (..., frames, levels); ValueError if a token sits at the wrong level."""
-    _check_int("levels", levels, 1)
-    _check_int("codebook_size", codebook_size, 1)
+    check_int("levels", levels, 1)
+    check_int("codebook_size", codebook_size, 1)
     if tokens.dim() < 1 or tokens.shape[-1] % levels:
         raise ValueError(f"tokens has shape {tuple(tokens.shape)}; expected (..., frames * levels) with levels={levels}")
     codes = rearrange(tokens.long(), "... (f l) -> ... f l", l=levels) - torch.arange(levels) * codebook_size
@@ -363,11 +352,11 @@ def fitted_quantizer(*, frame_size: int = 128, bins: int = 32, levels: int = 4, 
     """The quantiser `load("codec_tokens")` uses: fitted on train clips 0..FIT_CLIPS-1 of FIT_FRAMES frames
     (so the same whatever `n`, `frames` or split), computed once per setting; each call gets its own copy."""
     _check_frame_size(frame_size, bins)
-    _check_int("levels", levels, 1)
-    _check_int("codebook_size", codebook_size, 2)
+    check_int("levels", levels, 1)
+    check_int("codebook_size", codebook_size, 2)
     if codebook_size > FIT_CLIPS * FIT_FRAMES:
         raise ValueError(f"codebook_size={codebook_size} must be at most the {FIT_CLIPS * FIT_FRAMES} frames it is fitted on")
-    _check_int("seed", seed, 0)
+    check_int("seed", seed, 0)
     return ResidualQuantizer(_fitted_codebooks(frame_size, bins, levels, codebook_size, seed).clone())
 
 
@@ -422,9 +411,9 @@ class CodecTokenDataset(Dataset):
 def load_codec_tokens(split: str, n: int = 1000, frames: int = 64, levels: int = 4, codebook_size: int = 64,
                       frame_size: int = 128, bins: int = 32, seed: int = 0) -> CodecTokenDataset:
     """`n` melodies of `frames` frames as RVQ token streams of frames * levels tokens (layout: module docstring)."""
-    _check_split(split)
-    _check_int("n", n, 1)
-    _check_int("frames", frames, 1)
+    check_split(split)
+    check_int("n", n, 1)
+    check_int("frames", frames, 1)
     quantizer = fitted_quantizer(frame_size=frame_size, bins=bins, levels=levels, codebook_size=codebook_size,
                                  seed=seed)  # checks these arguments before any work
     features, notes = _clip_features(range(n), split, seed, frames, frame_size, bins)  # (n, frames, bins), (n, frames)

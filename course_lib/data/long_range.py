@@ -60,22 +60,11 @@ from einops import rearrange
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from course_lib.data.registry import SPLITS, register
+from course_lib.data.registry import SPLITS, check_int, check_split, register
 
 _SALT_LISTOPS = 0x4C15_7095  # separates these random streams from any other dataset's
 _SALT_PATHFINDER = 0x9A7F_1DE2
 _MAX_ATTEMPTS = 2000
-
-
-def _check_int(name: str, value, low: int, what: str = "") -> None:
-    """ValueError unless `value` is an int (not a bool) of at least `low`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}={value!r} must be an int of at least {low}{what}")
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}; expected one of {SPLITS}")
 
 
 # --- ListOps ------------------------------------------------------------------------------------
@@ -327,13 +316,13 @@ class ListOpsDataset(Dataset):
 def load_listops(split: str, n: int = 1000, max_depth: int = 5, max_args: int = 5, min_length: int = 32,
                  max_length: int = 128, seed: int = 0) -> ListOpsDataset:
     """`n` ListOps expressions of `min_length`..`max_length` tokens (padded to `max_length`), label = value."""
-    _check_split(split)
-    _check_int("n", n, 1)
-    _check_int("max_depth", max_depth, 1)
-    _check_int("max_args", max_args, 2, " (an operator takes at least two arguments)")
-    _check_int("min_length", min_length, 4, " (the shortest expression, like '[MAX 1 2 ]', has 4 tokens)")
-    _check_int("max_length", max_length, min_length, " (min_length)")
-    _check_int("seed", seed, 0)
+    check_split(split)
+    check_int("n", n, 1)
+    check_int("max_depth", max_depth, 1)
+    check_int("max_args", max_args, 2, " (an operator takes at least two arguments)")
+    check_int("min_length", min_length, 4, " (the shortest expression, like '[MAX 1 2 ]', has 4 tokens)")
+    check_int("max_length", max_length, min_length, " (min_length)")
+    check_int("seed", seed, 0)
     longest = 1
     for _ in range(max_depth):  # tokens of the fullest tree
         longest = 2 + max_args * longest
@@ -493,18 +482,18 @@ def _draw(u: Tensor, positive: Tensor, distractors: int, steps: int, size: int) 
 
 
 def _check_pathfinder(split: str, n: int, size: int, distractors: int, path_length: int | None, seed: int) -> None:
-    _check_split(split)
-    _check_int("n", n, 1)
-    _check_int("size", size, 16, " (smaller images leave no room for separate paths)")
-    _check_int("distractors", distractors, 1, " (a negative image needs a second dotted path)")
+    check_split(split)
+    check_int("n", n, 1)
+    check_int("size", size, 16, " (smaller images leave no room for separate paths)")
+    check_int("distractors", distractors, 1, " (a negative image needs a second dotted path)")
     if distractors > 8:
         raise ValueError(f"distractors={distractors} must be at most 8")
     if path_length is not None:
-        _check_int("path_length", path_length, 2 * _MIN_DOT_DISTANCE,
+        check_int("path_length", path_length, 2 * _MIN_DOT_DISTANCE,
                    f" (its two ends must be able to lie {_MIN_DOT_DISTANCE} pixels apart)")
         if path_length > 2 * size:
             raise ValueError(f"path_length={path_length} must be at most 2 * size={2 * size}")
-    _check_int("seed", seed, 0)
+    check_int("seed", seed, 0)
 
 
 def render_pathfinder(indices, *, split: str = "train", size: int = 32, distractors: int = 2,

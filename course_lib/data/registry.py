@@ -9,6 +9,18 @@ SPLITS = ("train", "val", "test")
 _LOADERS: dict[str, Callable] = {}
 
 
+def check_int(name: str, value, low: int, what: str = "") -> None:
+    """ValueError unless `value` is an int (not a bool) of at least `low`; `what` ends the message."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name}={value!r} must be an int of at least {low}{what}")
+
+
+def check_split(split: str) -> None:
+    """ValueError unless `split` is one of SPLITS."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; expected one of {SPLITS}")
+
+
 def register(name: str) -> Callable[[Callable], Callable]:
     """Decorator: make `loader(split=..., **options)` available as `load(name, ...)`."""
 

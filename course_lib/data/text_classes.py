@@ -15,6 +15,7 @@ drawn uniformly over all the windows that fit inside the chunks of that class in
 
 from __future__ import annotations
 
+import functools
 import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,18 +48,25 @@ class Window(NamedTuple):
 
 
 def stdlib_root() -> Path:
+    """The directory of the standard library of the Python running the course."""
     return Path(sysconfig.get_paths()["stdlib"])
 
 
 def package_sources(package: str) -> dict[str, bytes]:
     """The bytes of every .py file of a stdlib package, test directories left out, by path relative to the stdlib."""
+    return dict(_read_package(package))
+
+
+@functools.cache
+def _read_package(package: str) -> tuple[tuple[str, bytes], ...]:
+    """Read once per process: every split and every dataset of the same package shares the files."""
     root = stdlib_root()
     sources = {}
     for path in sorted((root / package).rglob("*.py")):
         relative = path.relative_to(root)
         if not any(part in _SKIP for part in relative.parts):
             sources[relative.as_posix()] = path.read_bytes()
-    return sources
+    return tuple(sources.items())
 
 
 def chunk_split(path: str, chunk: int) -> str:

@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from course_lib.nn.attention import Impl, causal_mask, scaled_dot_product_attention
+from course_lib.nn.attention import Impl, MultiHeadAttention, causal_mask
 
 Radius = int | None
 
@@ -78,10 +78,10 @@ def scale_schedule(
     ]
 
 
-class MultiScaleAttention(nn.Module):
+class MultiScaleAttention(MultiHeadAttention):
     """Multi-head self-attention where head h attends only within a window of radius `radii[h]` (None: global).
 
-    Same parameters as `MultiHeadAttention`, so a trained one's weights load as they are.
+    Same parameters as `MultiHeadAttention`, so a trained one's weights load as they are; only the mask differs.
     """
 
     def __init__(
@@ -94,21 +94,15 @@ class MultiScaleAttention(nn.Module):
         dropout: float = 0.0,
         impl: Impl = "fused",
     ) -> None:
-        super().__init__()
         if isinstance(dim, bool) or isinstance(heads, bool) or dim <= 0 or heads <= 0:
             raise ValueError(f"dim={dim!r} and heads={heads!r} must be positive ints")
-        if dim % heads != 0:
-            raise ValueError(f"dim={dim} is not divisible by heads={heads}")
         radii = _check_radii(radii)
         if len(radii) != heads:
             raise ValueError(f"radii={radii!r} has {len(radii)} entries; expected one per head, heads={heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout} must lie in [0, 1)")
-        self.heads, self.head_dim, self.radii, self.dropout, self.impl = heads, dim // heads, radii, dropout, impl
-        self.to_q = nn.Linear(dim, dim, bias=bias)
-        self.to_k = nn.Linear(dim, dim, bias=bias)
-        self.to_v = nn.Linear(dim, dim, bias=bias)
-        self.to_out = nn.Linear(dim, dim, bias=bias)
+        super().__init__(dim, heads, bias=bias, dropout=dropout, impl=impl)
+        self.radii = radii
 
     def window_mask(self, length: int, *, device: torch.device | None = None) -> Tensor | None:
         """(heads, length, length) mask of the heads' windows; None when every head is global."""
@@ -129,19 +123,7 @@ class MultiScaleAttention(nn.Module):
         combined with the windows; with `return_weights`, also the (B, heads, L, L) attention weights."""
         if x.dim() != 3:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, length, dim)")
-        q = rearrange(self.to_q(x), "b l (h d) -> b h l d", h=self.heads)
-        k = rearrange(self.to_k(x), "b l (h d) -> b h l d", h=self.heads)
-        v = rearrange(self.to_v(x), "b l (h d) -> b h l d", h=self.heads)
-        if rope is not None:
-            q, k = rope(q), rope(k)
         windows = self.window_mask(x.shape[1], device=x.device)
         if windows is not None:
             mask = windows if mask is None else mask & windows  # (h, L, L) & (B, 1|h, 1|L, L)
-        impl = "explicit" if return_weights else self.impl
-        result = scaled_dot_product_attention(
-            q, k, v, mask, causal=causal, dropout=self.dropout if self.training else 0.0,
-            impl=impl, return_weights=return_weights,
-        )
-        out, weights = result if return_weights else (result, None)
-        out = self.to_out(rearrange(out, "b h l d -> b l (h d)"))
-        return (out, weights) if return_weights else out
+        return super().forward(x, mask=mask, causal=causal, rope=rope, return_weights=return_weights)
