@@ -11,6 +11,7 @@ from einops import rearrange
 from course_lib.kernels.selective_scan import selective_scan_reference
 from course_lib.models.mamba import (
     Mamba,
+    Mamba2Mixer,
     MambaConfig,
     S4DMixer,
     linear_scan_parallel,
@@ -174,7 +175,7 @@ def test_from_hf_refuses_unmapped_weights() -> None:
 def test_from_hf_refuses_other_models() -> None:
     transformers = pytest.importorskip("transformers")
     gpt2 = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10))
-    with pytest.raises(ValueError, match="model_type='gpt2'; expected 'mamba'"):
+    with pytest.raises(ValueError, match="model_type='gpt2'; expected 'mamba' or 'mamba2'"):
         Mamba.from_hf(gpt2)
 
 
@@ -235,7 +236,9 @@ def test_causality() -> None:
     ({"conv_kernel": 2.5}, "conv_kernel=2.5; expected a positive integer"),
     ({"dt_rank": 0}, "dt_rank=0; expected a positive integer or None"),
     ({"scan": "fast"}, "scan='fast'; expected one of"),
-    ({"mixer": "rwkv"}, "mixer='rwkv'; expected 'mamba' or 's4d'"),
+    ({"mixer": "rwkv"}, "mixer='rwkv'; expected one of"),
+    ({"mixer": "mamba2", "dim": 12, "head_dim": 5}, "expand \\* dim = 24 is not divisible by head_dim=5"),
+    ({"chunk": 0}, "chunk=0; expected a positive integer"),
     ({"mixer": "s4d", "state_size": 5}, "state_size=5 is odd"),
 ])
 def test_config_errors(kwargs: dict, message: str) -> None:
@@ -256,7 +259,7 @@ def test_model_input_errors() -> None:
         model.step(torch.zeros(1, 5, dtype=torch.long), model.init_state(1))
     with pytest.raises(ValueError, match="state has 0 entries; expected one per block"):
         model.step(torch.zeros(1, dtype=torch.long), [])
-    with pytest.raises(ValueError, match="step-by-step inference is written for 'mamba'"):
+    with pytest.raises(ValueError, match="step-by-step inference is written for 'mamba' and 'mamba2'"):
         Mamba(MambaConfig(vocab_size=10, dim=8, depth=1, state_size=2, mixer="s4d")).init_state(1)
 
 
@@ -382,3 +385,95 @@ def test_ssd_errors() -> None:
         ssd_chunked(x, dt, A, B, C, chunk=2, h0=h0[..., :4])
     with pytest.raises(ValueError, match=r"x has shape \(2, 6, 12\); expected \(batch, L, heads, head_dim\)"):
         ssd_quadratic(x.flatten(2), dt, A, B, C)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Mamba-2 block: against Hugging Face's Mamba2, chunk sizes, step-by-step inference
+
+
+def hf_mamba2(*, head: bool, tie: bool = False, bias: bool = False, chunk: int = 8, **options) -> torch.nn.Module:
+    """A small Hugging Face Mamba-2 with random weights (every parameter redrawn, A_log, D and dt_bias included)."""
+    transformers = pytest.importorskip("transformers")
+    settings = dict(vocab_size=53, hidden_size=16, num_heads=4, head_dim=8, state_size=6, num_hidden_layers=2,
+                    conv_kernel=3, expand=2, n_groups=1, use_bias=bias, chunk_size=chunk, tie_word_embeddings=tie)
+    config = transformers.Mamba2Config(**{**settings, **options})
+    torch.manual_seed(0)
+    reference = (transformers.Mamba2ForCausalLM if head else transformers.Mamba2Model)(config).eval()
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            p.normal_(0, 0.3)
+            if name.endswith("A_log"):        # decays exp(dt A) that neither vanish nor stay at 1
+                p.uniform_(-1.0, 1.0)
+    return reference
+
+
+@pytest.mark.parametrize(("head", "tie", "bias"), [(True, False, False), (True, True, True), (False, False, False)])
+@pytest.mark.parametrize("length", [5, 8, 19])
+def test_mamba2_from_hf_matches_reference(head: bool, tie: bool, bias: bool, length: int) -> None:
+    reference = hf_mamba2(head=head, tie=tie, bias=bias)
+    model = Mamba.from_hf(reference).eval()
+    assert model.config.mixer == "mamba2" and model.config.heads == 4 and (model.lm_head is not None) == head
+    tokens = torch.randint(0, 53, (2, length), generator=torch.Generator().manual_seed(length))
+    with torch.no_grad():
+        out = reference(tokens, use_cache=False)
+        expected = out.logits if head else out.last_hidden_state
+        got = model(tokens)
+        other_chunks = [model(tokens, chunk=chunk) for chunk in (1, 3, 64)]
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+    for result in other_chunks:                    # the chunk size changes the schedule, never the result
+        torch.testing.assert_close(result, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_mamba2_mixer_equals_its_recurrent_scan() -> None:
+    """The block computed with the step-by-step SSD recurrence instead of the chunked form gives the same output."""
+    torch.manual_seed(1)
+    config = MambaConfig(vocab_size=11, dim=8, depth=1, state_size=5, head_dim=4, mixer="mamba2", chunk=4)
+    mixer = Mamba2Mixer(config).eval()
+    x = torch.randn(2, 10, 8)
+    with torch.no_grad():
+        z, xBC, dt = mixer._split(mixer.in_proj(x))
+        xBC = F.silu(mixer.conv1d(xBC.transpose(1, 2))[..., :10]).transpose(1, 2)
+        heads_x, dt, A, B, C = mixer._ssm_inputs(xBC, dt)
+        y, _ = ssd_recurrent(heads_x, dt, A, B, C)
+        torch.testing.assert_close(mixer(x), mixer._output(y, heads_x, z), rtol=RTOL, atol=ATOL)
+
+
+def test_mamba2_refuses_what_it_does_not_implement() -> None:
+    with pytest.raises(ValueError, match="n_groups=2; this Mamba-2 shares B and C"):
+        Mamba.from_hf(hf_mamba2(head=False, n_groups=2))
+    with pytest.raises(ValueError, match="time_step_limit"):
+        Mamba.from_hf(hf_mamba2(head=False, time_step_limit=(0.0, 0.5)))
+
+
+@pytest.mark.parametrize("lm_head", [True, False])
+def test_mamba2_step_by_step_equals_parallel_forward(lm_head: bool) -> None:
+    torch.manual_seed(0)
+    model = Mamba(MambaConfig(vocab_size=31, dim=16, depth=3, state_size=4, conv_kernel=4, lm_head=lm_head,
+                              bias=True, mixer="mamba2", head_dim=8, chunk=5)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        tokens = torch.randint(0, 31, (3, 14))
+        expected = model(tokens)
+        state = model.init_state(3)
+        steps = []
+        for token in tokens.unbind(1):
+            out, state = model.step(token, state)
+            steps.append(out)
+    torch.testing.assert_close(torch.stack(steps, dim=1), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_mamba2_is_causal_and_trains() -> None:
+    torch.manual_seed(0)
+    model = Mamba(MambaConfig(vocab_size=17, dim=16, depth=2, state_size=4, mixer="mamba2", head_dim=8, chunk=4))
+    tokens = torch.randint(0, 17, (1, 12))
+    changed = tokens.clone()
+    changed[0, 7:] = (changed[0, 7:] + 1) % 17
+    with torch.no_grad():
+        a, b = model(tokens), model(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=0)
+    assert (a[:, 7:] - b[:, 7:]).abs().max() > 1e-4
+    F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name

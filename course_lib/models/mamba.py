@@ -10,7 +10,9 @@ independent of the input (so the whole layer is a convolution with a precomputed
 it depend on the input (the "selective" scan). `Mamba.from_hf` copies the weights of a Hugging Face
 `MambaModel` or `MambaForCausalLM` through an explicit key map. Mamba-2's state-space duality is here
 as three equal computations of its scan: `ssd_recurrent`, `ssd_quadratic` (attention-like) and
-`ssd_chunked` (both, by chunks).
+`ssd_chunked` (both, by chunks); `MambaConfig(mixer="mamba2")` builds the Mamba-2 block around the
+chunked form (one scalar decay per head, B and C shared by the heads), and `Mamba.from_hf` also copies
+a Hugging Face `Mamba2Model` or `Mamba2ForCausalLM`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "Mamba",
     "MambaConfig",
     "MambaLayer",
+    "Mamba2Mixer",
     "MambaMixer",
     "S4DMixer",
     "config_from_hf",
@@ -44,6 +47,7 @@ __all__ = [
 ]
 
 SCANS = ("sequential", "parallel")
+MIXERS = ("mamba", "mamba2", "s4d")
 
 
 def _check_scan_inputs(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
@@ -223,7 +227,7 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, *, chunk
 
 @dataclass
 class MambaConfig:
-    """Everything that describes a Mamba (or S4D) language model."""
+    """Everything that describes a Mamba, Mamba-2 or S4D language model."""
 
     vocab_size: int = 256
     dim: int = 64
@@ -235,13 +239,15 @@ class MambaConfig:
     bias: bool = False               # on in_proj and out_proj
     conv_bias: bool = True
     norm_eps: float = 1e-5
-    mixer: Literal["mamba", "s4d"] = "mamba"
+    mixer: Literal["mamba", "mamba2", "s4d"] = "mamba"
     scan: Literal["sequential", "parallel"] = "sequential"  # the faster on a CPU; see `mamba_scan`
+    head_dim: int = 16               # Mamba-2: channels per head (heads = expand * dim / head_dim)
+    chunk: int = 64                  # Mamba-2: steps per chunk of the chunked scan
     lm_head: bool = True
     tie_weights: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "dim", "depth", "state_size", "expand", "conv_kernel"):
+        for name in ("vocab_size", "dim", "depth", "state_size", "expand", "conv_kernel", "head_dim", "chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}; expected a positive integer")
@@ -249,8 +255,10 @@ class MambaConfig:
             self.dt_rank = math.ceil(self.dim / 16)
         elif not isinstance(self.dt_rank, int) or self.dt_rank < 1:
             raise ValueError(f"dt_rank={self.dt_rank!r}; expected a positive integer or None")
-        if self.mixer not in ("mamba", "s4d"):
-            raise ValueError(f"mixer={self.mixer!r}; expected 'mamba' or 's4d'")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"mixer={self.mixer!r}; expected one of {MIXERS}")
+        if self.mixer == "mamba2" and self.inner % self.head_dim:
+            raise ValueError(f"expand * dim = {self.inner} is not divisible by head_dim={self.head_dim}")
         if self.scan not in SCANS:
             raise ValueError(f"scan={self.scan!r}; expected one of {SCANS}")
         if self.mixer == "s4d" and self.state_size % 2:
@@ -260,6 +268,11 @@ class MambaConfig:
     def inner(self) -> int:
         """Width of the mixer's inner channels."""
         return self.expand * self.dim
+
+    @property
+    def heads(self) -> int:
+        """Mamba-2's heads: groups of head_dim channels that share one decay per step."""
+        return self.inner // self.head_dim
 
 
 class MambaMixer(nn.Module):
@@ -319,6 +332,78 @@ class MambaMixer(nn.Module):
         h = decay * h + einsum(delta * x, B, "b c, b n -> b c n")
         y = einsum(h, C, "b c n, b n -> b c") + self.D * x
         return self.out_proj(y * F.silu(z)), (conv, h)
+
+
+class Mamba2Mixer(nn.Module):
+    """The Mamba-2 block: one in_proj for (gate z, x, B, C, dt) -> causal depthwise conv of (x, B, C) -> SiLU ->
+    chunked SSD with a scalar decay per head -> + D x -> RMSNorm(y * SiLU(z)) -> out_proj.
+
+    Unlike Mamba, dt comes straight from in_proj (one per head, no low-rank projection), A is one number per
+    head, and B and C are shared by all heads (one group), which is what makes the attention dual possible.
+    """
+
+    def __init__(self, config: MambaConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.conv_dim = c.inner + 2 * c.state_size                          # x, B, C go through the conv
+        self.in_proj = nn.Linear(c.dim, c.inner + self.conv_dim + c.heads, bias=c.bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.conv_kernel, groups=self.conv_dim,
+                                padding=c.conv_kernel - 1, bias=c.conv_bias)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, c.heads + 1).float()))   # A = -(1, ..., heads)
+        self.D = nn.Parameter(torch.ones(c.heads))
+        self.dt_bias = nn.Parameter(torch.empty(c.heads))
+        self.norm = RMSNorm(c.inner, eps=c.norm_eps)
+        self.out_proj = nn.Linear(c.inner, c.dim, bias=c.bias)
+        with torch.no_grad():  # step sizes between 1e-3 and 1e-1 at init, as for Mamba
+            dt = torch.exp(torch.empty(c.heads).uniform_(math.log(1e-3), math.log(1e-1)))
+            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    def _split(self, projected: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """in_proj's output (..., width) -> gate z (..., inner), conv input xBC (..., conv_dim), raw dt (..., heads)."""
+        return projected.split([self.config.inner, self.conv_dim, self.config.heads], dim=-1)
+
+    def _ssm_inputs(self, xBC: Tensor, dt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Conv output after SiLU and raw dt -> x (..., heads, head_dim), positive dt, A (heads,), B, C (..., N)."""
+        c = self.config
+        x, B, C = xBC.split([c.inner, c.state_size, c.state_size], dim=-1)
+        x = rearrange(x, "... (h p) -> ... h p", p=c.head_dim)
+        return x, F.softplus(dt + self.dt_bias), -torch.exp(self.A_log.float()), B, C
+
+    def _output(self, y: Tensor, x: Tensor, z: Tensor) -> Tensor:
+        """Skip connection D x, gated RMSNorm and the output projection."""
+        y = rearrange(y + x * self.D[:, None], "... h p -> ... (h p)")
+        return self.out_proj(self.norm(y * F.silu(z)))
+
+    def forward(self, x: Tensor, *, chunk: int | None = None) -> Tensor:
+        """(batch, L, dim) -> (batch, L, dim); the scan runs by chunks of `chunk` steps (default: the config's)."""
+        z, xBC, dt = self._split(self.in_proj(x))
+        length = x.shape[1]
+        xBC = F.silu(self.conv1d(rearrange(xBC, "b l c -> b c l"))[..., :length])    # causal: drop the right pad
+        x, dt, A, B, C = self._ssm_inputs(rearrange(xBC, "b c l -> b l c"), dt)
+        y, _ = ssd_chunked(x, dt, A, B, C, chunk=chunk or self.config.chunk)
+        return self._output(y, x, z)
+
+    def init_state(self, batch: int, *, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """Zero state for `step`: conv window (batch, conv_dim, kernel) and SSM state (batch, heads, head_dim, N)."""
+        c = self.config
+        conv = torch.zeros(batch, self.conv_dim, c.conv_kernel, device=device, dtype=dtype)
+        ssm = torch.zeros(batch, c.heads, c.head_dim, c.state_size, device=device, dtype=dtype)
+        return conv, ssm
+
+    def step(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One token (batch, dim) and the state -> output (batch, dim) and the next state; O(1) in length."""
+        conv, h = state
+        z, xBC, dt = self._split(self.in_proj(x))
+        conv = torch.cat([conv[:, :, 1:], xBC[:, :, None]], dim=-1)        # (b, conv_dim, kernel): last inputs
+        xBC = einsum(conv, self.conv1d.weight[:, 0], "b c k, c k -> b c")
+        if self.conv1d.bias is not None:
+            xBC = xBC + self.conv1d.bias
+        x, dt, A, B, C = self._ssm_inputs(F.silu(xBC), dt)
+        decay = torch.exp(dt * A)[:, :, None, None]                          # (b, h, 1, 1)
+        h = decay * h + einsum(dt[..., None] * x, B, "b h p, b n -> b h p n")
+        y = einsum(h, C, "b h p n, b n -> b h p")
+        return self._output(y, x, z), (conv, h)
 
 
 class S4DMixer(nn.Module):
@@ -381,7 +466,8 @@ class MambaLayer(nn.Module):
     def __init__(self, config: MambaConfig) -> None:
         super().__init__()
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
-        self.mixer = MambaMixer(config) if config.mixer == "mamba" else S4DMixer(config)
+        mixers = {"mamba": MambaMixer, "mamba2": Mamba2Mixer, "s4d": S4DMixer}
+        self.mixer = mixers[config.mixer](config)
 
     def forward(self, x: Tensor, **kwargs: str) -> Tensor:
         return x + self.mixer(self.norm(x), **kwargs)
@@ -407,7 +493,7 @@ class Mamba(nn.Module):
     def forward(self, tokens: Tensor, **kwargs: str) -> Tensor:
         """(batch, L) tokens -> (batch, L, vocab) logits, or (batch, L, dim) features without an LM head.
 
-        Keyword arguments go to every mixer: `scan=` for Mamba, `mode=` for S4D.
+        Keyword arguments go to every mixer: `scan=` for Mamba, `chunk=` for Mamba-2, `mode=` for S4D.
         """
         if tokens.ndim != 2:
             raise ValueError(f"tokens has shape {tuple(tokens.shape)}; expected (batch, L)")
@@ -419,8 +505,8 @@ class Mamba(nn.Module):
 
     def init_state(self, batch: int) -> list[tuple[Tensor, Tensor]]:
         """Zero recurrent state of every block, for `step`."""
-        if self.config.mixer != "mamba":
-            raise ValueError(f"mixer={self.config.mixer!r}; step-by-step inference is written for 'mamba'")
+        if self.config.mixer == "s4d":
+            raise ValueError("mixer='s4d'; step-by-step inference is written for 'mamba' and 'mamba2'")
         p = self.embedding.weight
         return [block.mixer.init_state(batch, device=p.device, dtype=p.dtype) for block in self.blocks]
 
@@ -441,7 +527,8 @@ class Mamba(nn.Module):
 
     @classmethod
     def from_hf(cls, reference: nn.Module) -> Mamba:
-        """A Mamba with the weights of a Hugging Face MambaModel or MambaForCausalLM (same outputs)."""
+        """A Mamba with the weights of a Hugging Face MambaModel, MambaForCausalLM, Mamba2Model or
+        Mamba2ForCausalLM (same outputs)."""
         model = cls(config_from_hf(reference))
         model.load_state_dict(state_dict_from_hf(reference, model), strict=True)
         return model
@@ -452,21 +539,30 @@ class Mamba(nn.Module):
 
 
 def config_from_hf(reference: nn.Module) -> MambaConfig:
-    """The MambaConfig of a Hugging Face MambaModel / MambaForCausalLM; refuses settings this model lacks."""
+    """The MambaConfig of a Hugging Face Mamba(2)Model / Mamba(2)ForCausalLM; refuses settings this model lacks."""
     hf = reference.config
-    if getattr(hf, "model_type", None) != "mamba":
-        raise ValueError(f"model_type={getattr(hf, 'model_type', None)!r}; expected 'mamba'")
+    model_type = getattr(hf, "model_type", None)
+    if model_type not in ("mamba", "mamba2"):
+        raise ValueError(f"model_type={model_type!r}; expected 'mamba' or 'mamba2'")
     if hf.hidden_act != "silu":
         raise ValueError(f"hidden_act={hf.hidden_act!r}; expected 'silu'")
+    has_head = hasattr(reference, "lm_head")
+    shared = dict(vocab_size=hf.vocab_size, dim=hf.hidden_size, depth=hf.num_hidden_layers, state_size=hf.state_size,
+                  expand=hf.expand, conv_kernel=hf.conv_kernel, bias=hf.use_bias, conv_bias=hf.use_conv_bias,
+                  norm_eps=hf.layer_norm_epsilon, lm_head=has_head, tie_weights=has_head and bool(hf.tie_word_embeddings))
+    if model_type == "mamba2":
+        if hf.n_groups != 1:
+            raise ValueError(f"n_groups={hf.n_groups}; this Mamba-2 shares B and C across all heads: expected 1")
+        if tuple(hf.time_step_limit) != (0.0, float("inf")):
+            raise ValueError(f"time_step_limit={tuple(hf.time_step_limit)}; expected no clamp, (0.0, inf)")
+        if hf.num_heads * hf.head_dim != hf.expand * hf.hidden_size:
+            raise ValueError(f"num_heads * head_dim = {hf.num_heads * hf.head_dim}; expected expand * hidden_size = "
+                             f"{hf.expand * hf.hidden_size}")
+        return MambaConfig(**shared, mixer="mamba2", head_dim=hf.head_dim, chunk=hf.chunk_size)
     if hf.intermediate_size != hf.expand * hf.hidden_size:
         raise ValueError(f"intermediate_size={hf.intermediate_size}; expected expand * hidden_size = "
                          f"{hf.expand * hf.hidden_size}")
-    has_head = hasattr(reference, "lm_head")
-    return MambaConfig(vocab_size=hf.vocab_size, dim=hf.hidden_size, depth=hf.num_hidden_layers,
-                       state_size=hf.state_size, expand=hf.expand, conv_kernel=hf.conv_kernel,
-                       dt_rank=int(hf.time_step_rank), bias=hf.use_bias, conv_bias=hf.use_conv_bias,
-                       norm_eps=hf.layer_norm_epsilon, lm_head=has_head,
-                       tie_weights=has_head and bool(hf.tie_word_embeddings))
+    return MambaConfig(**shared, dt_rank=int(hf.time_step_rank))
 
 
 def state_dict_from_hf(reference: nn.Module, model: Mamba) -> dict[str, Tensor]:
@@ -476,12 +572,16 @@ def state_dict_from_hf(reference: nn.Module, model: Mamba) -> dict[str, Tensor]:
     prefix = "backbone." if has_head else ""
     ours: dict[str, Tensor] = {}
     ours["embedding.weight"] = theirs.pop(f"{prefix}embeddings.weight")
+    if model.config.mixer == "mamba2":
+        modules, parameters = ("in_proj", "conv1d", "norm", "out_proj"), ("A_log", "D", "dt_bias")
+    else:
+        modules, parameters = ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj"), ("A_log", "D")
     for i in range(model.config.depth):
         old, new = f"{prefix}layers.{i}", f"blocks.{i}"
         move_module(theirs, ours, f"{old}.norm", f"{new}.norm")
-        for part in ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj"):
+        for part in modules:
             move_module(theirs, ours, f"{old}.mixer.{part}", f"{new}.mixer.{part}")
-        for part in ("A_log", "D"):
+        for part in parameters:
             ours[f"{new}.mixer.{part}"] = theirs.pop(f"{old}.mixer.{part}")
     move_module(theirs, ours, f"{prefix}norm_f", "norm")
     if has_head:
