@@ -180,10 +180,11 @@ def test_from_hf_refuses_other_models() -> None:
 
 
 @pytest.mark.parametrize("lm_head", [True, False])
-def test_step_by_step_equals_parallel_forward(lm_head: bool) -> None:
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+def test_step_by_step_equals_parallel_forward(lm_head: bool, mixer: str) -> None:
     torch.manual_seed(0)
     model = Mamba(MambaConfig(vocab_size=31, dim=16, depth=3, state_size=4, conv_kernel=4, lm_head=lm_head,
-                              bias=True)).eval()
+                              bias=True, mixer=mixer, head_dim=8, chunk=5)).eval()
     with torch.no_grad():
         for p in model.parameters():  # away from the initialisation, so every path carries signal
             p.add_(torch.randn_like(p) * 0.2)
@@ -219,16 +220,17 @@ def test_model_is_deterministic() -> None:
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
-def test_causality() -> None:
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+def test_causality(mixer: str) -> None:
     torch.manual_seed(0)
-    model = Mamba(MambaConfig(vocab_size=17, dim=16, depth=2, state_size=4)).eval()
+    model = Mamba(MambaConfig(vocab_size=17, dim=16, depth=2, state_size=4, mixer=mixer, head_dim=8, chunk=4)).eval()
     tokens = torch.randint(0, 17, (1, 12))
     changed = tokens.clone()
     changed[0, 7:] = (changed[0, 7:] + 1) % 17
     with torch.no_grad():
         a, b = model(tokens), model(changed)
     torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=0)
-    assert (a[:, 7:] - b[:, 7:]).abs().max() > 1e-3
+    assert (a[:, 7:] - b[:, 7:]).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -446,34 +448,10 @@ def test_mamba2_refuses_what_it_does_not_implement() -> None:
         Mamba.from_hf(hf_mamba2(head=False, time_step_limit=(0.0, 0.5)))
 
 
-@pytest.mark.parametrize("lm_head", [True, False])
-def test_mamba2_step_by_step_equals_parallel_forward(lm_head: bool) -> None:
-    torch.manual_seed(0)
-    model = Mamba(MambaConfig(vocab_size=31, dim=16, depth=3, state_size=4, conv_kernel=4, lm_head=lm_head,
-                              bias=True, mixer="mamba2", head_dim=8, chunk=5)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-        tokens = torch.randint(0, 31, (3, 14))
-        expected = model(tokens)
-        state = model.init_state(3)
-        steps = []
-        for token in tokens.unbind(1):
-            out, state = model.step(token, state)
-            steps.append(out)
-    torch.testing.assert_close(torch.stack(steps, dim=1), expected, rtol=RTOL, atol=ATOL)
-
-
-def test_mamba2_is_causal_and_trains() -> None:
+def test_mamba2_gradients_reach_every_parameter() -> None:
     torch.manual_seed(0)
     model = Mamba(MambaConfig(vocab_size=17, dim=16, depth=2, state_size=4, mixer="mamba2", head_dim=8, chunk=4))
     tokens = torch.randint(0, 17, (1, 12))
-    changed = tokens.clone()
-    changed[0, 7:] = (changed[0, 7:] + 1) % 17
-    with torch.no_grad():
-        a, b = model(tokens), model(changed)
-    torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=0)
-    assert (a[:, 7:] - b[:, 7:]).abs().max() > 1e-4
     F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
