@@ -11,6 +11,12 @@ def check_positive(argument: str, value: object) -> None:
         raise ValueError(f"{argument}={value!r} must be a positive int")
 
 
+def check_num_classes(value: object) -> None:
+    """Raise ValueError unless `value` is a non-negative int: the classes of a head, 0 meaning no head."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"num_classes={value!r} must be a non-negative int (0: no head)")
+
+
 def check_positive_ints(argument: str, values: object) -> tuple[int, ...]:
     """`values` as a tuple, after checking that it is a non-empty sequence of positive ints."""
     values = tuple(values)
@@ -26,6 +32,20 @@ def check_images(images: Tensor, channels: int) -> tuple[int, int]:
     return images.shape[2], images.shape[3]
 
 
+def check_feature_map(x: Tensor) -> tuple[int, int]:
+    """(height, width) of `x`, after checking that it is a (batch, height, width, channels) feature map."""
+    if x.dim() != 4:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, height, width, channels)")
+    return x.shape[1], x.shape[2]
+
+
+def check_tiles(height: int, width: int, size: int, argument: str) -> None:
+    """Raise ValueError unless a height x width map splits into whole `size` x `size` tiles (`argument` = size)."""
+    check_positive(argument, size)
+    if height % size or width % size:
+        raise ValueError(f"height={height} and width={width} must be multiples of {argument}={size}")
+
+
 def init_vit_style(module: nn.Module) -> None:
     """The ViT's initialisation, for `model.apply`: truncated normal (std 0.02) weights and zero biases of every
     linear and convolution layer."""
@@ -33,3 +53,12 @@ def init_vit_style(module: nn.Module) -> None:
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def init_vit(model: nn.Module, *tokens: nn.Parameter | None) -> None:
+    """The ViT's initialisation of a whole model: `init_vit_style` on every layer, then truncated normal (std 0.02)
+    on the learned tokens and position tables given (None is skipped)."""
+    model.apply(init_vit_style)
+    for parameter in tokens:
+        if parameter is not None:
+            nn.init.trunc_normal_(parameter, std=0.02)

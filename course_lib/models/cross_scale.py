@@ -33,9 +33,12 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from course_lib.models._common import (
+    check_feature_map,
     check_images,
+    check_num_classes,
     check_positive,
     check_positive_ints,
+    check_tiles,
     init_vit_style,
 )
 from course_lib.models.swin import WindowAttention, window_partition, window_reverse
@@ -45,23 +48,13 @@ from course_lib.nn import MLP, LayerNorm, MultiHeadAttention
 BRANCHES = ("small", "large")
 
 
-
-
-
-
 def _check_common(config: object) -> None:
     """The checks every config here shares: positive mlp_ratio and norm_eps, num_classes >= 0."""
     if not config.mlp_ratio > 0:
         raise ValueError(f"mlp_ratio={config.mlp_ratio!r} must be positive")
     if not config.norm_eps > 0:
         raise ValueError(f"norm_eps={config.norm_eps!r} must be positive")
-    classes = config.num_classes
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
-        raise ValueError(f"num_classes={classes!r} must be a non-negative int (0: no head)")
-
-
-
-
+    check_num_classes(config.num_classes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,21 +64,15 @@ def _check_common(config: object) -> None:
 def grid_partition(x: Tensor, grid: int) -> Tensor:
     """(B, H, W, C) -> (B * H/grid * W/grid, grid², C): MaxViT's grid. Each group holds grid x grid tokens
     spread evenly over the whole map, H/grid rows and W/grid columns apart; groups go row by row by offset."""
-    check_positive("grid", grid)
-    if x.dim() != 4:
-        raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, height, width, channels)")
-    height, width = x.shape[1:3]
-    if height % grid or width % grid:
-        raise ValueError(f"height={height} and width={width} must be multiples of grid={grid}")
+    height, width = check_feature_map(x)
+    check_tiles(height, width, grid, "grid")
     # g1, g2: position on the grid (coarse, outside); h, w: the offset shared by a group (fine, inside)
     return rearrange(x, "b (g1 h) (g2 w) c -> (b h w) (g1 g2) c", g1=grid, g2=grid)
 
 
 def grid_reverse(groups: Tensor, grid: int, height: int, width: int) -> Tensor:
     """Inverse of `grid_partition`: (B * H/grid * W/grid, grid², C) -> (B, height, width, C)."""
-    check_positive("grid", grid)
-    if height % grid or width % grid:
-        raise ValueError(f"height={height} and width={width} must be multiples of grid={grid}")
+    check_tiles(height, width, grid, "grid")
     return rearrange(groups, "(b h w) (g1 g2) c -> b (g1 h) (g2 w) c", h=height // grid, w=width // grid, g1=grid)
 
 
@@ -93,20 +80,14 @@ def interval_partition(x: Tensor, interval: int) -> Tensor:
     """(B, H, W, C) -> (B * interval², H/interval * W/interval, C): CrossFormer's long-distance groups, the
     tokens whose row and column agree modulo `interval`. On a square map this is `grid_partition` with
     grid = H / interval: CrossFormer fixes the spacing, MaxViT the number of tokens per group."""
-    check_positive("interval", interval)
-    if x.dim() != 4:
-        raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, height, width, channels)")
-    height, width = x.shape[1:3]
-    if height % interval or width % interval:
-        raise ValueError(f"height={height} and width={width} must be multiples of interval={interval}")
+    height, width = check_feature_map(x)
+    check_tiles(height, width, interval, "interval")
     return rearrange(x, "b (g1 i) (g2 j) c -> (b i j) (g1 g2) c", i=interval, j=interval)
 
 
 def interval_reverse(groups: Tensor, interval: int, height: int, width: int) -> Tensor:
     """Inverse of `interval_partition`: (B * interval², H/interval * W/interval, C) -> (B, height, width, C)."""
-    check_positive("interval", interval)
-    if height % interval or width % interval:
-        raise ValueError(f"height={height} and width={width} must be multiples of interval={interval}")
+    check_tiles(height, width, interval, "interval")
     return rearrange(groups, "(b i j) (g1 g2) c -> b (g1 i) (g2 j) c", i=interval, j=interval, g1=height // interval)
 
 

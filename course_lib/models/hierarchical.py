@@ -37,9 +37,10 @@ from torch import Tensor, nn
 
 from course_lib.models._common import (
     check_images,
+    check_num_classes,
     check_positive,
     check_positive_ints,
-    init_vit_style,
+    init_vit,
 )
 from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import MLP, LayerNorm, MultiHeadAttention, TransformerBlock
@@ -519,20 +520,11 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-
-
-def _check_classes(num_classes: object) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes={num_classes!r} must be a non-negative int (0: no head)")
-
-
 def _check_square_images(images: Tensor, channels: int, image_size: int) -> None:
     check_images(images, channels)
     if tuple(images.shape[2:]) != (image_size, image_size):
         raise ValueError(f"images are {images.shape[2]}x{images.shape[3]}; expected image_size={image_size} "
                          "(the learned positions belong to that grid)")
-
-
 
 
 # ==============================================================================================
@@ -588,7 +580,7 @@ class MViTConfig:
             raise ValueError(f"pool_mode={self.pool_mode!r}; expected 'conv' or 'max'")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio={self.mlp_ratio!r} must be positive")
-        _check_classes(self.num_classes)
+        check_num_classes(self.num_classes)
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps={self.norm_eps!r} must be positive")
 
@@ -720,9 +712,7 @@ class MViT(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = LayerNorm(c.dims[-1], c.norm_eps)
         self.head = nn.Linear(c.dims[-1], c.num_classes) if c.num_classes > 0 else None
-        self.apply(init_vit_style)
-        for parameter in (self.cls_token, self.pos_embedding):
-            nn.init.trunc_normal_(parameter, std=0.02)
+        init_vit(self, self.cls_token, self.pos_embedding)
 
     def features(self, images: Tensor) -> Tensor:
         """All tokens of the last stage after the final norm: (B, 1 + h*w, dims[-1]), the class token first."""
@@ -778,7 +768,7 @@ class PiTConfig:
             raise ValueError(f"image_size={self.image_size} is smaller than patch_size={self.patch_size}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio={self.mlp_ratio!r} must be positive")
-        _check_classes(self.num_classes)
+        check_num_classes(self.num_classes)
 
     @property
     def grids(self) -> tuple[int, ...]:
@@ -828,9 +818,7 @@ class PiT(nn.Module):
         self.pools = nn.ModuleList(PiTPooling(c.dims[s], c.dims[s + 1], c.pool_stride) for s in range(len(c.dims) - 1))
         self.final_norm = LayerNorm(c.dims[-1])
         self.head = nn.Linear(c.dims[-1], c.num_classes) if c.num_classes > 0 else None
-        self.apply(init_vit_style)
-        for parameter in (self.cls_token, self.pos_embedding):
-            nn.init.trunc_normal_(parameter, std=0.02)
+        init_vit(self, self.cls_token, self.pos_embedding)
 
     def forward(self, images: Tensor) -> Tensor:
         _check_square_images(images, self.config.channels, self.config.image_size)
@@ -896,7 +884,7 @@ class T2TConfig:
         for name in ("token_mlp_ratio", "mlp_ratio"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
-        _check_classes(self.num_classes)
+        check_num_classes(self.num_classes)
         side = self.image_size
         for i, (kernel, stride, padding) in enumerate(zip(self.kernels, self.strides, self.paddings)):
             if side + 2 * padding < kernel:
@@ -962,9 +950,7 @@ class T2TViT(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(c.dim, c.heads, mlp_ratio=c.mlp_ratio) for _ in range(c.depth))
         self.final_norm = LayerNorm(c.dim)
         self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else None
-        self.apply(init_vit_style)
-        for parameter in (self.cls_token, self.pos_embedding):
-            nn.init.trunc_normal_(parameter, std=0.02)
+        init_vit(self, self.cls_token, self.pos_embedding)
 
     def tokens_to_token(self, images: Tensor) -> Tensor:
         """(B, channels, H, W) -> (B, h*w, dim): soft split, [token transformer, re-structurize, soft split]..."""

@@ -21,7 +21,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from course_lib.models._common import check_positive
+from course_lib.models._common import (
+    check_feature_map,
+    check_num_classes,
+    check_positive,
+    check_tiles,
+)
 from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import MLP, LayerNorm
 
@@ -60,8 +65,7 @@ class SwinConfig:
             raise ValueError(f"mlp_ratio={self.mlp_ratio!r} must be positive")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps={self.norm_eps!r} must be positive")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"num_classes={self.num_classes!r} must be a non-negative int (0: no head)")
+        check_num_classes(self.num_classes)
 
     @property
     def stage_dims(self) -> tuple[int, ...]:
@@ -78,20 +82,14 @@ class SwinConfig:
 
 def window_partition(x: Tensor, window: int) -> Tensor:
     """(B, H, W, C) -> (B * H/window * W/window, window², C): the tokens of each window, windows row by row."""
-    check_positive("window", window)
-    if x.dim() != 4:
-        raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, height, width, channels)")
-    height, width = x.shape[1:3]
-    if height % window or width % window:
-        raise ValueError(f"height={height} and width={width} must be multiples of window={window}")
+    height, width = check_feature_map(x)
+    check_tiles(height, width, window, "window")
     return rearrange(x, "b (h p) (w q) c -> (b h w) (p q) c", p=window, q=window)
 
 
 def window_reverse(windows: Tensor, window: int, height: int, width: int) -> Tensor:
     """Inverse of `window_partition`: (B * nH * nW, window², C) -> (B, height, width, C)."""
-    check_positive("window", window)
-    if height % window or width % window:
-        raise ValueError(f"height={height} and width={width} must be multiples of window={window}")
+    check_tiles(height, width, window, "window")
     if windows.dim() != 3 or windows.shape[1] != window * window:
         raise ValueError(f"windows has shape {tuple(windows.shape)}; expected (windows, {window * window}, channels)")
     per_image = (height // window) * (width // window)
@@ -105,11 +103,9 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int, *, dev
     feature map rolled by -shift: along each axis the rolled map has three regions (never wrapped; the last
     window's part that was there before; the part that wrapped round from the start), and tokens that came
     from different regions were not neighbours in the image."""
-    check_positive("window", window)
+    check_tiles(height, width, window, "window")
     if not 0 <= shift < window:
         raise ValueError(f"shift={shift} must lie in [0, window={window})")
-    if height % window or width % window:
-        raise ValueError(f"height={height} and width={width} must be multiples of window={window}")
 
     def regions(size: int) -> Tensor:
         index = torch.arange(size, device=device)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from course_lib.models._common import check_num_classes, init_vit
 from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import MLP, LayerNorm, scaled_dot_product_attention, sinusoidal_table_2d
 
@@ -49,8 +50,7 @@ class ViTConfig:
             raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
         if self.dim % self.heads != 0:
             raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
-            raise ValueError(f"num_classes={self.num_classes!r} must be a non-negative int (0: no head)")
+        check_num_classes(self.num_classes)
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"pool={self.pool!r}; expected 'cls' or 'mean'")
         if self.positional not in ("learned", "sincos2d"):
@@ -166,17 +166,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(ViTBlock(c) for _ in range(c.depth))
         self.final_norm = LayerNorm(c.dim, eps=c.norm_eps)
         self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else None
-        self.apply(self._init_weights)
-        for parameter in (self.cls_token, self.pos_embedding):
-            if parameter is not None:
-                nn.init.trunc_normal_(parameter, std=0.02)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        init_vit(self, self.cls_token, self.pos_embedding)
 
     def interpolate_positions(self, new_grid: tuple[int, int]) -> Tensor:
         """The (prefix + h*w, dim) position table for a (h, w) patch grid.
