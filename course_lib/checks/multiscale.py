@@ -97,7 +97,7 @@ def _none_as_zero(length: int, radii: list) -> Tensor:
 
 multiscale_mask = FunctionChecker(
     "multiscale_mask",
-    lambda length, radii: reference_multiscale_mask(length, radii),
+    reference_multiscale_mask,
     _mask_cases,
     mistakes=[
         (_mask_strict, "the window stops one short: a radius r includes the tokens at distance exactly r "

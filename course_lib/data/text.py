@@ -47,7 +47,7 @@ def _stdlib_sources() -> dict[str, str]:
     return sources
 
 
-def _split_of(name: str) -> str:
+def split_of(name: str) -> str:
     bucket = zlib.crc32(name.encode()) % 10
     return "val" if bucket == 8 else "test" if bucket == 9 else "train"
 
@@ -61,7 +61,7 @@ def corpus_text(source: str = "docs", split: str = "train") -> str:
         documents.update({f"docs/{k}": v for k, v in _documentation_topics().items()})
     if source in ("stdlib", "both"):
         documents.update({f"stdlib/{k}": v for k, v in _stdlib_sources().items()})
-    return _SEPARATOR.join(text for name, text in sorted(documents.items()) if _split_of(name) == split)
+    return _SEPARATOR.join(text for name, text in sorted(documents.items()) if split_of(name) == split)
 
 
 def encode(text: str) -> Tensor:

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from course_lib.data.registry import SPLITS, register
-from course_lib.data.text import _split_of
+from course_lib.data.registry import SPLITS, check_int, check_split, register
+from course_lib.data.text import split_of
 
 CHUNK = 4096
 DEFAULT_PACKAGES = (
@@ -71,13 +71,7 @@ def _read_package(package: str) -> tuple[tuple[str, bytes], ...]:
 
 def chunk_split(path: str, chunk: int) -> str:
     """'train', 'val' or 'test': where chunk `chunk` of file `path` belongs (crc32 hash, 80/10/10)."""
-    return _split_of(f"{path}#{chunk}")
-
-
-def _check_int(argument: str, value: object, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bounds = f"in [{low}, {high}]" if high is not None else f"of at least {low}"
-        raise ValueError(f"{argument}={value!r} must be an int {bounds}")
+    return split_of(f"{path}#{chunk}")
 
 
 class StdlibPackagesDataset(Dataset):
@@ -89,12 +83,13 @@ class StdlibPackagesDataset(Dataset):
         self, split: str, n: int | None = None, length: int = 256,
         packages: Sequence[str] = DEFAULT_PACKAGES, seed: int = 0,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r}; expected one of {SPLITS}")
+        check_split(split)
         n = DEFAULT_SIZES[split] if n is None else n
-        _check_int("n", n, 1)
-        _check_int("length", length, 1, CHUNK)
-        _check_int("seed", seed, 0)
+        check_int("n", n, 1)
+        check_int("length", length, 1)
+        if length > CHUNK:
+            raise ValueError(f"length={length} must be at most CHUNK={CHUNK}: a window lies inside one chunk")
+        check_int("seed", seed, 0)
         if isinstance(packages, str) or not isinstance(packages, Sequence) or len(packages) < 2 \
                 or len(set(packages)) != len(packages) or not all(isinstance(p, str) for p in packages):
             raise ValueError(f"packages={packages!r} must be a sequence of at least two distinct package names")

@@ -1,4 +1,4 @@
-"""What every vision model file shares: argument checks that name the argument, and the ViT's initialisation."""
+"""What the model files share: argument checks that name the argument, and the ViT's initialisation."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from course_lib.models._common import check_positive, init_vit_style
 from course_lib.nn import MLP, LearnedPositionalEmbedding, MultiScaleAttention, make_norm
+from course_lib.nn.multiscale_attention import check_radii
 
 
 @dataclass
@@ -52,10 +53,7 @@ def _checked_radii(radii: object, depth: int, heads: int) -> list[list[int | Non
     for layer in radii:
         if not isinstance(layer, (list, tuple)) or len(layer) != heads:
             raise ValueError(f"radii={radii!r} has layer {layer!r}: {expected}")
-        for r in layer:
-            if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
-                raise ValueError(f"radii={radii!r} holds {r!r}: {expected}")
-    return [list(layer) for layer in radii]
+    return [list(check_radii(layer)) for layer in radii]
 
 
 class MultiScaleBlock(nn.Module):

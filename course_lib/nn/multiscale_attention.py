@@ -23,7 +23,7 @@ from course_lib.nn.attention import Impl, MultiHeadAttention, causal_mask
 Radius = int | None
 
 
-def _check_radii(radii: object) -> tuple[Radius, ...]:
+def check_radii(radii: object) -> tuple[Radius, ...]:
     """`radii` as a tuple, after checking that it is a non-empty sequence of positive ints or None."""
     if isinstance(radii, (str, bytes)) or not isinstance(radii, Sequence) or len(radii) == 0:
         raise ValueError(f"radii={radii!r} must be a non-empty sequence of positive ints or None (global)")
@@ -42,7 +42,7 @@ def multiscale_mask(
     """
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise ValueError(f"length={length!r} must be a positive int")
-    radii = _check_radii(radii)
+    radii = check_radii(radii)
     positions = torch.arange(length, device=device)
     distance = (rearrange(positions, "i -> i 1") - rearrange(positions, "j -> 1 j")).abs()  # (L, L)
     # a radius of length - 1 already covers every key: it stands for None
@@ -70,7 +70,7 @@ def scale_schedule(
             raise ValueError(f"{argument}={value!r} must be a positive int")
     if scales is None:
         scales = [2**k for k in range(max(1, math.ceil(math.log2(length))))] + [None]
-    ladder = _check_radii(scales)
+    ladder = check_radii(scales)
     top = len(ladder) - 1
     return [
         [ladder[(h + 1) * (layer + 1) * top // (heads * depth)] for h in range(heads)]  # exact floor
@@ -96,7 +96,7 @@ class MultiScaleAttention(MultiHeadAttention):
     ) -> None:
         if isinstance(dim, bool) or isinstance(heads, bool) or dim <= 0 or heads <= 0:
             raise ValueError(f"dim={dim!r} and heads={heads!r} must be positive ints")
-        radii = _check_radii(radii)
+        radii = check_radii(radii)
         if len(radii) != heads:
             raise ValueError(f"radii={radii!r} has {len(radii)} entries; expected one per head, heads={heads}")
         if not 0.0 <= dropout < 1.0:

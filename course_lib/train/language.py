@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from course_lib.train.loop import one_cycle
+from course_lib.train.loop import _check_positive, one_cycle
 
 __all__ = ["bits_per_token", "fit_language_model", "next_token_logits", "windows_loss"]
 
@@ -95,13 +95,11 @@ def fit_language_model(model: nn.Module, data: Tensor, *, length: int, steps: in
     _check_data(data, length)
     if val_data is not None:
         _check_data(val_data, length)
-    for name, value in (("steps", steps), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r}; expected a positive integer")
+    _check_positive("steps", steps)
+    _check_positive("batch", batch)
+    _check_positive("lr", lr, float)
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise ValueError(f"every={every!r}; expected an integer >= 0 (0: no held-out curve)")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr={lr!r}; expected a positive number")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
