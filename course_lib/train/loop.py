@@ -1,10 +1,12 @@
-"""A ten-line training loop for the many small image classifiers that Part II compares.
+"""A ten-line training loop for the many small image models that Part II compares.
 
-Notebooks 05-08 train dozens of tiny models side by side; Lightning's checkpoints and logs (notebook 03)
+Notebooks 05-10 train dozens of tiny models side by side; Lightning's checkpoints and logs (notebook 03)
 would cost more than the models. `fit` is AdamW with a one-cycle schedule (warm-up, then cosine decay) on
 random mini-batches for a fixed number of steps, so two models trained with the same `seed` see the same
-batches in the same order. `accuracy` scores a model in chunks, so a large test set never meets the
-memory of one batch.
+batches in the same order. Its loss is cross-entropy on class labels unless another `loss(output, target)` is
+given: per-pixel classes for segmentation, clean images for restoration, the images themselves for a masked
+autoencoder. `predict` and `accuracy` run a model in chunks, so a large test set never meets the memory of
+one batch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["accuracy", "fit", "one_cycle"]
+__all__ = ["accuracy", "fit", "one_cycle", "predict"]
 
 
 def _check_positive(argument: str, value: object, kind: type = int) -> None:
@@ -23,10 +25,23 @@ def _check_positive(argument: str, value: object, kind: type = int) -> None:
         raise ValueError(f"{argument}={value!r} must be a positive {kind.__name__}")
 
 
-def _check_pairs(images: Tensor, labels: Tensor) -> None:
+def _check_images(images: Tensor) -> None:
     if not isinstance(images, Tensor) or images.dim() < 2:
         raise ValueError(f"images must be a tensor with a batch axis; got {type(images).__name__} "
                          f"of shape {tuple(getattr(images, 'shape', ()))}")
+
+
+def _check_targets(images: Tensor, targets: Tensor) -> None:
+    """Any tensor of targets, one per image (a custom loss decides what they mean)."""
+    _check_images(images)
+    if not isinstance(targets, Tensor) or targets.dim() < 1:
+        raise ValueError(f"targets must be a tensor with a batch axis; got {type(targets).__name__}")
+    if len(images) != len(targets) or len(images) == 0:
+        raise ValueError(f"images ({len(images)}) and targets ({len(targets)}) must be equally long and not empty")
+
+
+def _check_pairs(images: Tensor, labels: Tensor) -> None:
+    _check_images(images)
     if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.dtype != torch.long:
         raise ValueError(f"labels must be a 1-D tensor of class indices (torch.long); got "
                          f"{getattr(labels, 'dtype', type(labels).__name__)} of shape {tuple(getattr(labels, 'shape', ()))}")
@@ -45,10 +60,21 @@ def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int) -> torch.
 
 def fit(model: nn.Module, images: Tensor, labels: Tensor, *, steps: int, lr: float, batch: int = 64, seed: int = 0,
         weight_decay: float = 0.05, device: torch.device | str | None = None,
-        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None) -> nn.Module:
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+        loss: Callable[[Tensor, Tensor], Tensor] | None = None) -> nn.Module:
     """Train `model` for `steps` AdamW steps on mini-batches of (`images`, `labels`) drawn with `seed`; returns it
-    in eval mode. `augment(batch, generator)`, if given, transforms each batch of images (e.g. a random resize)."""
-    _check_pairs(images, labels)
+    in eval mode. `augment(batch, generator)`, if given, transforms each batch of images (e.g. a random resize).
+
+    `loss(model(images), labels)` defaults to cross-entropy on class indices (then `labels` must be a 1-D long
+    tensor); with another `loss`, `labels` is any tensor with one entry per image: (B, H, W) classes per pixel,
+    (B, C, H, W) clean images, or the images themselves for a model that computes its own target."""
+    if loss is None:
+        _check_pairs(images, labels)
+        loss = F.cross_entropy
+    elif not callable(loss):
+        raise ValueError(f"loss={loss!r} is not callable; expected loss(output, target) -> scalar tensor")
+    else:
+        _check_targets(images, labels)
     _check_positive("steps", steps)
     _check_positive("batch", batch)
     _check_positive("lr", lr, float)
@@ -62,24 +88,31 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, *, steps: int, lr: flo
     for _ in range(steps):
         index = torch.randint(len(images), (batch,), generator=generator)
         inputs = images[index] if augment is None else augment(images[index], generator)
-        loss = F.cross_entropy(model(inputs.to(device)), labels[index].to(device))
+        value = loss(model(inputs.to(device)), labels[index].to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         optimizer.step()
         schedule.step()
     return model.eval()
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, batch: int = 500,
-             device: torch.device | str | None = None, **forward_kwargs) -> float:
-    """Fraction of `images` whose highest logit is at their label; keyword arguments go to `model`'s forward."""
-    _check_pairs(images, labels)
+def predict(model: nn.Module, images: Tensor, *, batch: int = 500, device: torch.device | str | None = None,
+            **forward_kwargs) -> Tensor:
+    """`model(images)` in eval mode, `batch` images at a time, concatenated on the CPU; the mode is restored."""
+    _check_images(images)
     _check_positive("batch", batch)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    correct = sum((model(chunk.to(device), **forward_kwargs).argmax(dim=-1).cpu() == target).sum().item()
-                  for chunk, target in zip(images.split(batch), labels.split(batch)))
+    outputs = torch.cat([model(chunk.to(device), **forward_kwargs).cpu() for chunk in images.split(batch)])
     model.train(was_training)
-    return correct / len(labels)
+    return outputs
+
+
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, batch: int = 500,
+             device: torch.device | str | None = None, **forward_kwargs) -> float:
+    """Fraction of `images` whose highest logit is at their label; keyword arguments go to `model`'s forward."""
+    _check_pairs(images, labels)
+    logits = predict(model, images, batch=batch, device=device, **forward_kwargs)
+    return (logits.argmax(dim=-1) == labels).sum().item() / len(labels)
