@@ -33,17 +33,25 @@ from course_lib.models.hybrid import Hybrid, HybridConfig
 from course_lib.models.mamba import Mamba, MambaConfig
 from course_lib.models.mblm import MBLM, MBLMConfig
 from course_lib.models.multiscale_text import MultiScaleTransformer, MultiScaleTransformerConfig
+from course_lib.models.segmentation import (
+    ColourClassifier,
+    EoMT,
+    EoMTConfig,
+    SegFormer,
+    SegFormerSegmenterConfig,
+    SmallUNet,
+)
 from course_lib.models.seq2seq import Seq2SeqTransformer, Seq2SeqTransformerConfig
 from course_lib.models.sequence import SequenceTransformer, SequenceTransformerConfig
 from course_lib.models.swin import Swin, SwinConfig
 from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
-    "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "FlexiPatchEmbedding",
+    "ColourClassifier", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "Mamba", "MambaConfig", "MaxViT",
     "MaxViTConfig", "MBLM", "MBLMConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",
     "MViTConfig", "pack_images", "packed_forward", "PackedBatch", "PiT", "PiTConfig", "RandomResolution",
-    "SegFormerConfig", "SegFormerEncoder", "Seq2SeqTransformer", "Seq2SeqTransformerConfig",
-    "SequenceTransformer", "SequenceTransformerConfig", "Swin", "SwinConfig", "T2TConfig", "T2TViT", "ViT",
+    "SegFormer", "SegFormerConfig", "SegFormerEncoder", "SegFormerSegmenterConfig", "Seq2SeqTransformer", "Seq2SeqTransformerConfig",
+    "SequenceTransformer", "SequenceTransformerConfig", "SmallUNet", "Swin", "SwinConfig", "T2TConfig", "T2TViT", "ViT",
     "ViTConfig",
 ]
