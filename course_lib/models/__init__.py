@@ -30,8 +30,10 @@ from course_lib.models.hierarchical import (
     T2TViT,
 )
 from course_lib.models.hybrid import Hybrid, HybridConfig
+from course_lib.models.image_tokens import MaskedTokenConfig, MaskedTokenModel, PatchTokenizer
 from course_lib.models.mamba import Mamba, MambaConfig
 from course_lib.models.mblm import MBLM, MBLMConfig
+from course_lib.models.multimae import MultiMAE, MultiMAEConfig
 from course_lib.models.multiscale_text import MultiScaleTransformer, MultiScaleTransformerConfig
 from course_lib.models.segmentation import (
     ColourClassifier,
@@ -48,9 +50,9 @@ from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
     "ColourClassifier", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
-    "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "Mamba", "MambaConfig", "MaxViT",
-    "MaxViTConfig", "MBLM", "MBLMConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",
-    "MViTConfig", "pack_images", "packed_forward", "PackedBatch", "PiT", "PiTConfig", "RandomResolution",
+    "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "Mamba", "MambaConfig", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
+    "MaxViTConfig", "MBLM", "MBLMConfig", "MultiMAE", "MultiMAEConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",
+    "MViTConfig", "pack_images", "packed_forward", "PackedBatch", "PatchTokenizer", "PiT", "PiTConfig", "RandomResolution",
     "SegFormer", "SegFormerConfig", "SegFormerEncoder", "SegFormerSegmenterConfig", "Seq2SeqTransformer", "Seq2SeqTransformerConfig",
     "SequenceTransformer", "SequenceTransformerConfig", "SmallUNet", "Swin", "SwinConfig", "T2TConfig", "T2TViT", "ViT",
     "ViTConfig",

@@ -19,6 +19,7 @@ from course_lib.nn.efficient_attention import (
     wavelet_space_attention,
 )
 from course_lib.nn.feedforward import GLU, MLP, glu_hidden, make_feedforward
+from course_lib.nn.masking import gather_tokens, masked_count, random_masking, visible_indices
 from course_lib.nn.multirate import (
     causal_moving_average,
     multirate_causal_average,
@@ -41,8 +42,8 @@ __all__ = [
     "GLU", "LayerNorm", "LearnedKernelAttention", "LearnedPositionalEmbedding", "MLP", "MultiHeadAttention",
     "MultiScaleAttention", "NormedLinear", "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEncoding",
     "SinusoidalPositionalEncoding2D", "TransformerBlock", "TransformerEncoder", "angle_between_positions",
-    "block_mask", "causal_moving_average", "causal_mask", "deepnet_scales", "glu_hidden", "haar_transform", "inverse_haar_transform",
-    "linear_attention", "make_feedforward", "make_norm", "mra_attention", "multipole_attention",
-    "multirate_causal_average", "multirate_windows", "multiscale_mask", "padding_mask", "performer_attention", "rotate_half", "scale_schedule",
-    "scaled_dot_product_attention", "sinusoidal_table", "sinusoidal_table_2d", "wavelet_space_attention",
+    "block_mask", "causal_moving_average", "causal_mask", "deepnet_scales", "gather_tokens", "glu_hidden", "haar_transform", "inverse_haar_transform",
+    "linear_attention", "make_feedforward", "make_norm", "masked_count", "mra_attention", "multipole_attention",
+    "multirate_causal_average", "multirate_windows", "multiscale_mask", "padding_mask", "performer_attention", "random_masking", "rotate_half", "scale_schedule",
+    "scaled_dot_product_attention", "sinusoidal_table", "sinusoidal_table_2d", "visible_indices", "wavelet_space_attention",
 ]
