@@ -1,6 +1,6 @@
 """Offline datasets: `load(name, split=..., **options)`; `available()` lists the names."""
 
-from course_lib.data import digits, sequences, shapes, text, text_classes  # noqa: F401  (importing registers the datasets)
+from course_lib.data import digits, photos, sequences, shapes, text, text_classes  # noqa: F401  (importing registers the datasets)
 from course_lib.data.codec import CodecTokenDataset, ResidualQuantizer
 from course_lib.data.digits import DigitsDataset
 from course_lib.data.loaders import (
@@ -11,6 +11,7 @@ from course_lib.data.loaders import (
     TextDataModule,
 )
 from course_lib.data.long_range import ListOpsDataset, PathfinderDataset
+from course_lib.data.photos import PhotoCropsDataset, bicubic_upsample
 from course_lib.data.registry import SPLITS, available, load, register
 from course_lib.data.sequences import IGNORE, SequenceTaskDataset
 from course_lib.data.shapes import Scene, ShapesDataset
@@ -19,7 +20,7 @@ from course_lib.data.text_classes import StdlibPackagesDataset
 
 __all__ = [
     "IGNORE", "SPLITS", "available", "ByteTextDataset", "CodecTokenDataset", "corpus_text", "CourseDataModule", "decode",
-    "DigitsDataset", "encode", "EpochSampler", "ListOpsDataset", "load", "PathfinderDataset", "register",
+    "bicubic_upsample", "DigitsDataset", "encode", "EpochSampler", "ListOpsDataset", "load", "PathfinderDataset", "PhotoCropsDataset", "register",
     "ResidualQuantizer", "ResumableDataLoader", "Scene", "SequenceDataModule", "SequenceTaskDataset", "ShapesDataset",
     "StdlibPackagesDataset", "TextDataModule",
 ]

@@ -35,6 +35,16 @@ from course_lib.models.mamba import Mamba, MambaConfig
 from course_lib.models.mblm import MBLM, MBLMConfig
 from course_lib.models.multimae import MultiMAE, MultiMAEConfig
 from course_lib.models.multiscale_text import MultiScaleTransformer, MultiScaleTransformerConfig
+from course_lib.models.restoration import (
+    ChannelAttention,
+    HierarchicalWindows,
+    LeWinBlock,
+    RestorationConfig,
+    RestorationNet,
+    RestormerBlock,
+    denoiser,
+    super_resolver,
+)
 from course_lib.models.segmentation import (
     ColourClassifier,
     EoMT,
@@ -49,11 +59,11 @@ from course_lib.models.swin import Swin, SwinConfig
 from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
-    "ColourClassifier", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
-    "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "Mamba", "MambaConfig", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
+    "ChannelAttention", "ColourClassifier", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
+    "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "Mamba", "MambaConfig", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
     "MaxViTConfig", "MBLM", "MBLMConfig", "MultiMAE", "MultiMAEConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",
-    "MViTConfig", "pack_images", "packed_forward", "PackedBatch", "PatchTokenizer", "PiT", "PiTConfig", "RandomResolution",
+    "MViTConfig", "pack_images", "packed_forward", "PackedBatch", "PatchTokenizer", "PiT", "PiTConfig", "RandomResolution", "RestorationConfig", "RestorationNet", "RestormerBlock",
     "SegFormer", "SegFormerConfig", "SegFormerEncoder", "SegFormerSegmenterConfig", "Seq2SeqTransformer", "Seq2SeqTransformerConfig",
     "SequenceTransformer", "SequenceTransformerConfig", "SmallUNet", "Swin", "SwinConfig", "T2TConfig", "T2TViT", "ViT",
-    "ViTConfig",
+    "ViTConfig", "denoiser", "super_resolver",
 ]
