@@ -44,7 +44,8 @@ TOKEN_DATASETS = [*SEQUENCE_TASKS, "python_text"]  # the images (shapes, digits)
 
 
 def test_available_lists_every_dataset():
-    assert available() == sorted([*TOKEN_DATASETS, "codec_tokens", "digits", "listops", "pathfinder", "shapes", "stdlib_packages"])
+    assert available() == sorted([*TOKEN_DATASETS, "codec_tokens", "digits", "listops", "pathfinder", "photos", "shapes",
+                                  "stdlib_packages"])
 
 
 @pytest.mark.parametrize("name", TOKEN_DATASETS)
