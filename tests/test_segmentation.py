@@ -158,6 +158,8 @@ def test_bad_input_is_refused():
         EoMTConfig(depth=4, query_blocks=5)
     with pytest.raises(ValueError, match="num_queries"):
         EoMTConfig(num_queries=0)
+    with pytest.raises(ValueError, match="query_std=0"):
+        EoMTConfig(query_std=0)
     with pytest.raises(ValueError, match="cost has shape"):
         hungarian_match(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="multiples of 4"):
@@ -165,3 +167,15 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="targets hold classes"):
         model = EoMT(EoMTConfig(image_size=16, patch_size=4, dim=16, depth=2, heads=2, num_classes=2))
         eomt_loss(model(torch.zeros(1, 3, 16, 16)), torch.full((1, 16, 16), 4))
+
+
+@pytest.mark.parametrize("std", [0.02, 1.0])
+def test_queries_start_with_the_configured_spread(std):
+    torch.manual_seed(0)
+    queries = EoMT(EoMTConfig(image_size=16, patch_size=4, dim=32, depth=2, heads=2, num_queries=64,
+                              query_std=std)).queries
+    assert queries.abs().max() <= 2.0  # trunc_normal_ cuts at ±2, which only bites at std 1 (where it keeps 0.88)
+    assert 0.8 * std < float(queries.detach().std()) < 1.1 * std
+    torch.manual_seed(0)
+    again = EoMT(EoMTConfig(image_size=16, patch_size=4, dim=32, depth=2, heads=2, num_queries=64, query_std=std))
+    assert torch.equal(queries, again.queries)

@@ -232,6 +232,7 @@ class EoMTConfig:
     num_classes: int = 5
     mask_upscale: int = 2
     norm_eps: float = 1e-6
+    query_std: float = 0.02  # the queries' initial spread; notebook 09 trains better from 1.0 (distinct queries)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "channels", "dim", "depth", "heads", "num_queries", "num_classes"):
@@ -240,6 +241,8 @@ class EoMTConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} must be a non-negative int")
+        if isinstance(self.query_std, bool) or not isinstance(self.query_std, (int, float)) or not self.query_std > 0:
+            raise ValueError(f"query_std={self.query_std!r} must be a positive number")
         if self.query_blocks > self.depth:
             raise ValueError(f"query_blocks={self.query_blocks} must not exceed depth={self.depth}")
 
@@ -268,7 +271,7 @@ class EoMT(nn.Module):
         self.upscale = nn.Sequential(*(nn.Sequential(nn.ConvTranspose2d(c.dim, c.dim, 2, stride=2), nn.GELU())
                                        for _ in range(c.mask_upscale)))
         nn.init.trunc_normal_(self.pos_embedding, std=0.02)
-        nn.init.trunc_normal_(self.queries, std=0.02)
+        nn.init.trunc_normal_(self.queries, std=c.query_std)  # cut at ±2 (absolute)
 
     def forward(self, images: Tensor, *, semantic: bool = False) -> tuple[Tensor, Tensor] | Tensor:
         c = self.config
