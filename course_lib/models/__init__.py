@@ -31,6 +31,7 @@ from course_lib.models.hierarchical import (
 )
 from course_lib.models.hybrid import Hybrid, HybridConfig
 from course_lib.models.image_tokens import MaskedTokenConfig, MaskedTokenModel, PatchTokenizer
+from course_lib.models.mae import ConvMAE, ConvMAEConfig, MAEConfig, MaskedAutoencoder
 from course_lib.models.mamba import Mamba, MambaConfig
 from course_lib.models.mblm import MBLM, MBLMConfig
 from course_lib.models.multimae import MultiMAE, MultiMAEConfig
@@ -59,8 +60,8 @@ from course_lib.models.swin import Swin, SwinConfig
 from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
-    "ChannelAttention", "ColourClassifier", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
-    "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "Mamba", "MambaConfig", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
+    "ChannelAttention", "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
+    "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
     "MaxViTConfig", "MBLM", "MBLMConfig", "MultiMAE", "MultiMAEConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",
     "MViTConfig", "pack_images", "packed_forward", "PackedBatch", "PatchTokenizer", "PiT", "PiTConfig", "RandomResolution", "RestorationConfig", "RestorationNet", "RestormerBlock",
     "SegFormer", "SegFormerConfig", "SegFormerEncoder", "SegFormerSegmenterConfig", "Seq2SeqTransformer", "Seq2SeqTransformerConfig",
