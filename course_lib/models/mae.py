@@ -126,8 +126,42 @@ class MAEDecoder(nn.Module):
 # The masked autoencoder (ViT encoder).
 
 
+class _PatchGrid:
+    """What both configs share: square images cut into a grid of patch_size x patch_size blocks, encoder and
+    decoder widths that split into heads and carry 2D sine-cosine positions, a mask ratio in (0, 1)."""
+
+    image_size: int
+    patch_size: int
+    channels: int
+    dim: int
+    heads: int
+    decoder_dim: int
+    decoder_heads: int
+    mask_ratio: float
+
+    def _check_widths_and_ratio(self) -> None:
+        for name, heads in (("dim", self.heads), ("decoder_dim", self.decoder_heads)):
+            if getattr(self, name) % heads or getattr(self, name) % 4:
+                raise ValueError(f"{name}={getattr(self, name)} must be divisible by its heads={heads} and by 4 "
+                                 "(the 2D sine-cosine positions)")
+        _check_ratio(self.mask_ratio)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.image_size // self.patch_size
+        return side, side
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def patch_pixels(self) -> int:
+        return self.patch_size * self.patch_size * self.channels
+
+
 @dataclass
-class MAEConfig:
+class MAEConfig(_PatchGrid):
     image_size: int = 32
     patch_size: int = 4
     channels: int = 3
@@ -147,24 +181,7 @@ class MAEConfig:
             check_positive(name, getattr(self, name))
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
-        for name, heads in (("dim", self.heads), ("decoder_dim", self.decoder_heads)):
-            if getattr(self, name) % heads or getattr(self, name) % 4:
-                raise ValueError(f"{name}={getattr(self, name)} must be divisible by its heads={heads} and by 4 "
-                                 "(the 2D sine-cosine positions)")
-        _check_ratio(self.mask_ratio)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        side = self.image_size // self.patch_size
-        return side, side
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def patch_pixels(self) -> int:
-        return self.patch_size * self.patch_size * self.channels
+        self._check_widths_and_ratio()
 
 
 class _MaskedImageModel(nn.Module):
@@ -276,7 +293,7 @@ class MaskedConvBlock(nn.Module):
 
 
 @dataclass
-class ConvMAEConfig:
+class ConvMAEConfig(_PatchGrid):
     image_size: int = 32
     channels: int = 3
     conv_dims: tuple[int, ...] = (16, 32)  # one convolution stage per entry, each after a stride-2 embedding
@@ -304,28 +321,12 @@ class ConvMAEConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} is not divisible by the token stride "
                              f"{self.patch_size} (2 per conv stage times token_stride)")
-        for name, heads in (("dim", self.heads), ("decoder_dim", self.decoder_heads)):
-            if getattr(self, name) % heads or getattr(self, name) % 4:
-                raise ValueError(f"{name}={getattr(self, name)} must be divisible by its heads={heads} and by 4")
-        _check_ratio(self.mask_ratio)
+        self._check_widths_and_ratio()
 
     @property
     def patch_size(self) -> int:
         """Pixels per side of the block one transformer token covers."""
         return 2 ** len(self.conv_dims) * self.token_stride
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        side = self.image_size // self.patch_size
-        return side, side
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def patch_pixels(self) -> int:
-        return self.patch_size * self.patch_size * self.channels
 
 
 class ConvMAE(_MaskedImageModel):
