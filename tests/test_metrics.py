@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -10,7 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.train.loop import fit, predict
-from course_lib.train.metrics import confusion_matrix, iou_per_class, mean_iou, psnr
+from course_lib.train.metrics import (
+    confusion_matrix,
+    forecast_errors,
+    iou_per_class,
+    mean_iou,
+    psnr,
+)
 
 
 def naive_iou(predicted, target, classes):
@@ -95,3 +102,27 @@ def test_predict_concatenates_chunks_and_keeps_the_mode():
     out = predict(model, x, batch=4)
     assert model.training and out.shape == (11, 2)
     assert torch.allclose(out, model[0](x), atol=1e-6)  # eval mode: dropout off
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (4, 7, 3)])
+def test_forecast_errors_equal_a_loop_over_windows_steps_and_channels(shape):
+    generator = torch.Generator().manual_seed(len(shape))
+    forecasts, targets = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+    flat_f, flat_t = forecasts.reshape(shape[0], shape[1], -1), targets.reshape(shape[0], shape[1], -1)
+    errors = forecast_errors(forecasts, targets, [1, 3, shape[1]])
+    assert list(errors) == [1, 3, shape[1]]
+    for h, (mse, mae) in errors.items():
+        pairs = [(float(flat_f[n, t, c]), float(flat_t[n, t, c]))
+                 for n in range(shape[0]) for t in range(h) for c in range(flat_f.shape[2])]
+        assert mse == pytest.approx(sum((f - t) ** 2 for f, t in pairs) / len(pairs), rel=1e-12)
+        assert mae == pytest.approx(sum(abs(f - t) for f, t in pairs) / len(pairs), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(targets=torch.zeros(3, 4)), "same shape"), (dict(horizons=[0]), "1..5"), (dict(horizons=[6]), "1..5"),
+    (dict(horizons=[2.0]), "1..5"), (dict(horizons=[]), "horizons="), (dict(forecasts=torch.zeros(3), targets=torch.zeros(3)), "(N, H)"),
+])
+def test_forecast_errors_refuse_bad_shapes_and_horizons(bad, message):
+    arguments = {**dict(forecasts=torch.zeros(3, 5), targets=torch.zeros(3, 5), horizons=[1, 5]), **bad}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        forecast_errors(**arguments)

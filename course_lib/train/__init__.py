@@ -1,4 +1,4 @@
-"""Training on Lightning: modules that add losses and metrics to any model, and one trainer factory."""
+"""Training: Lightning modules that add losses and metrics to any model, one trainer factory, and the SAM optimiser."""
 
 from course_lib.train.modules import (
     ClassificationModule,
@@ -8,6 +8,7 @@ from course_lib.train.modules import (
     classification_metrics,
     warmup_cosine,
 )
+from course_lib.train.sam import SAM, sam_perturbation
 from course_lib.train.trainer import (
     RandomStateCallback,
     ThroughputCallback,
@@ -16,6 +17,6 @@ from course_lib.train.trainer import (
 )
 
 __all__ = [
-    "ClassificationModule", "CourseModule", "LanguageModelModule", "RandomStateCallback", "Seq2SeqModule",
+    "ClassificationModule", "CourseModule", "LanguageModelModule", "RandomStateCallback", "SAM", "sam_perturbation", "Seq2SeqModule",
     "ThroughputCallback", "classification_metrics", "find_callback", "make_trainer", "warmup_cosine",
 ]

@@ -5,17 +5,22 @@ would cost more than the models. `fit` is AdamW with a one-cycle schedule (warm-
 random mini-batches for a fixed number of steps, so two models trained with the same `seed` see the same
 batches in the same order. Its loss is cross-entropy on class labels unless another `loss(output, target)` is
 given: per-pixel classes for segmentation, clean images for restoration, the images themselves for a masked
-autoencoder. `predict` and `accuracy` run a model in chunks, so a large test set never meets the memory of
-one batch.
+autoencoder. With `sam_rho > 0` AdamW is wrapped in sharpness-aware minimisation (`course_lib.train.sam.SAM`),
+which takes each step with the gradient at a nearby worst point (two forward-backward passes per step).
+`predict` and `accuracy` run a model in chunks, so a large test set never meets the memory of one batch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from course_lib.train.sam import SAM
 
 __all__ = ["accuracy", "fit", "one_cycle", "predict"]
 
@@ -49,6 +54,13 @@ def _check_pairs(images: Tensor, labels: Tensor) -> None:
         raise ValueError(f"images ({len(images)}) and labels ({len(labels)}) must be equally long and not empty")
 
 
+def _backward(model: nn.Module, loss: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
+    """The loss of `model` on one batch, with its gradients: SAM's second pass at the perturbed weights."""
+    value = loss(model(inputs), targets)
+    value.backward()
+    return value
+
+
 def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
     """The course's schedule for `steps` steps: warm-up over the first 10%, then cosine decay (PyTorch's OneCycleLR).
 
@@ -61,13 +73,16 @@ def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int) -> torch.
 def fit(model: nn.Module, images: Tensor, labels: Tensor, *, steps: int, lr: float, batch: int = 64, seed: int = 0,
         weight_decay: float = 0.05, device: torch.device | str | None = None,
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-        loss: Callable[[Tensor, Tensor], Tensor] | None = None) -> nn.Module:
+        loss: Callable[[Tensor, Tensor], Tensor] | None = None, sam_rho: float = 0.0) -> nn.Module:
     """Train `model` for `steps` AdamW steps on mini-batches of (`images`, `labels`) drawn with `seed`; returns it
     in eval mode. `augment(batch, generator)`, if given, transforms each batch of images (e.g. a random resize).
 
     `loss(model(images), labels)` defaults to cross-entropy on class indices (then `labels` must be a 1-D long
     tensor); with another `loss`, `labels` is any tensor with one entry per image: (B, H, W) classes per pixel,
-    (B, C, H, W) clean images, or the images themselves for a model that computes its own target."""
+    (B, C, H, W) clean images, or the images themselves for a model that computes its own target.
+
+    `sam_rho > 0` wraps AdamW in SAM with that radius: each step recomputes the loss on the same batch at the
+    perturbed weights (twice the cost); `sam_rho=0` is plain AdamW."""
     if loss is None:
         _check_pairs(images, labels)
         loss = F.cross_entropy
@@ -80,18 +95,27 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, *, steps: int, lr: flo
     _check_positive("lr", lr, float)
     if weight_decay < 0:
         raise ValueError(f"weight_decay={weight_decay!r} must be >= 0")
+    if isinstance(sam_rho, bool) or not isinstance(sam_rho, (int, float)) or not math.isfinite(sam_rho) or sam_rho < 0:
+        raise ValueError(f"sam_rho={sam_rho!r} must be a finite real number >= 0 (0 turns SAM off)")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if sam_rho > 0:
+        optimizer = SAM(model.parameters(), base=torch.optim.AdamW, rho=sam_rho, lr=lr, weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = one_cycle(optimizer, lr, steps)
     model.to(device).train()
     for _ in range(steps):
         index = torch.randint(len(images), (batch,), generator=generator)
         inputs = images[index] if augment is None else augment(images[index], generator)
-        value = loss(model(inputs.to(device)), labels[index].to(device))
+        inputs, targets = inputs.to(device), labels[index].to(device)
+        value = loss(model(inputs), targets)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
-        optimizer.step()
+        if sam_rho > 0:  # the same (augmented) batch again, at the perturbed weights
+            optimizer.step(partial(_backward, model, loss, inputs, targets))
+        else:
+            optimizer.step()
         schedule.step()
     return model.eval()
 

@@ -3,15 +3,18 @@
 - `confusion_matrix` counts (target, predicted) pairs of class indices over every pixel;
 - `iou_per_class` is TP / (TP + FP + FN) from it, NaN for a class that appears in neither target nor prediction;
   `mean_iou` averages the classes that appear (the usual "mIoU", as in the SegFormer and EoMT papers);
-- `psnr` is 10·log10(peak² / MSE) per image, averaged over the images (images in [0, peak]).
+- `psnr` is 10·log10(peak² / MSE) per image, averaged over the images (images in [0, peak]);
+- `forecast_errors` is (MSE, MAE) of forecasts over the first h steps, for each horizon h of a list.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-__all__ = ["confusion_matrix", "iou_per_class", "mean_iou", "psnr"]
+__all__ = ["confusion_matrix", "forecast_errors", "iou_per_class", "mean_iou", "psnr"]
 
 
 def confusion_matrix(predicted: Tensor, target: Tensor, classes: int) -> Tensor:
@@ -55,3 +58,21 @@ def psnr(restored: Tensor, clean: Tensor, *, peak: float = 1.0) -> float:
         raise ValueError(f"peak={peak!r} must be positive")
     error = (restored.double() - clean.double()).pow(2).flatten(1).mean(dim=1)  # (B,) MSE per image
     return float((10 * torch.log10(peak**2 / error)).mean())
+
+
+def forecast_errors(forecasts: Tensor, targets: Tensor, horizons: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """{h: (MSE, MAE)} in float64 over the first h steps of every window (and channel): forecasts and targets are
+    (N, H) or (N, H, C), and every h lies in 1..H."""
+    if not isinstance(forecasts, Tensor) or not isinstance(targets, Tensor) or forecasts.shape != targets.shape:
+        raise ValueError(f"forecasts {tuple(getattr(forecasts, 'shape', ()))} and targets "
+                         f"{tuple(getattr(targets, 'shape', ()))} must be tensors of the same shape")
+    if forecasts.dim() not in (2, 3) or forecasts.shape[0] == 0 or forecasts.shape[1] == 0:
+        raise ValueError(f"forecasts has shape {tuple(forecasts.shape)}; expected (N, H) or (N, H, C) with N, H > 0")
+    length = forecasts.shape[1]
+    if isinstance(horizons, (str, bytes)) or not isinstance(horizons, Sequence) or len(horizons) == 0:
+        raise ValueError(f"horizons={horizons!r} must be a non-empty sequence of ints")
+    for h in horizons:
+        if isinstance(h, bool) or not isinstance(h, int) or not 1 <= h <= length:
+            raise ValueError(f"horizons holds {h!r}; every horizon must be an int in 1..{length} (the forecast length)")
+    error = forecasts.detach().double() - targets.detach().double()  # (N, H[, C])
+    return {h: (float(error[:, :h].pow(2).mean()), float(error[:, :h].abs().mean())) for h in horizons}
