@@ -16,6 +16,18 @@ from course_lib.models.cross_scale import (
     MaxViT,
     MaxViTConfig,
 )
+from course_lib.models.forecast_baselines import (
+    LinearForecaster,
+    arima_forecasts,
+    ets_forecasts,
+    seasonal_naive,
+)
+from course_lib.models.forecasting import (
+    DecoderForecaster,
+    DecoderForecasterConfig,
+    PatchTST,
+    PatchTSTConfig,
+)
 from course_lib.models.gpt import GPT, GPTConfig, KVCache
 from course_lib.models.hierarchical import (
     CvT,
@@ -35,6 +47,15 @@ from course_lib.models.mae import ConvMAE, ConvMAEConfig, MAEConfig, MaskedAutoe
 from course_lib.models.mamba import Mamba, MambaConfig
 from course_lib.models.mblm import MBLM, MBLMConfig
 from course_lib.models.multimae import MultiMAE, MultiMAEConfig
+from course_lib.models.multiscale_forecasting import (
+    AdaptivePathways,
+    CoarseToFine,
+    CoarseToFineConfig,
+    MultiResolution,
+    MultiScaleConfig,
+    MultiScaledEmbedding,
+    SAMformer,
+)
 from course_lib.models.multiscale_text import MultiScaleTransformer, MultiScaleTransformerConfig
 from course_lib.models.restoration import (
     ChannelAttention,
@@ -60,11 +81,13 @@ from course_lib.models.swin import Swin, SwinConfig
 from course_lib.models.vit import ViT, ViTConfig
 
 __all__ = [
-    "ChannelAttention", "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
-    "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
+    "AdaptivePathways", "ChannelAttention", "CoarseToFine", "CoarseToFineConfig", "DecoderForecaster", "DecoderForecasterConfig",
+    "MultiResolution", "MultiScaleConfig", "MultiScaledEmbedding", "PatchTST", "PatchTSTConfig", "SAMformer",
+    "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
+    "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "LinearForecaster", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
     "MaxViTConfig", "MBLM", "MBLMConfig", "MultiMAE", "MultiMAEConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",
     "MViTConfig", "pack_images", "packed_forward", "PackedBatch", "PatchTokenizer", "PiT", "PiTConfig", "RandomResolution", "RestorationConfig", "RestorationNet", "RestormerBlock",
     "SegFormer", "SegFormerConfig", "SegFormerEncoder", "SegFormerSegmenterConfig", "Seq2SeqTransformer", "Seq2SeqTransformerConfig",
     "SequenceTransformer", "SequenceTransformerConfig", "SmallUNet", "Swin", "SwinConfig", "T2TConfig", "T2TViT", "ViT",
-    "ViTConfig", "denoiser", "super_resolver",
+    "ViTConfig", "arima_forecasts", "denoiser", "ets_forecasts", "seasonal_naive", "super_resolver",
 ]
