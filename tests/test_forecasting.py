@@ -114,7 +114,7 @@ def test_patchtst_is_channel_independent_and_scale_free():
         torch.testing.assert_close(model(x * 100 - 7), together * 100 - 7, atol=1e-6, rtol=1e-8)
 
 
-@pytest.mark.parametrize("bad", [dict(patch=40), dict(dim=30, heads=4), dict(positions="sincos"), dict(horizon=0),
+@pytest.mark.parametrize("bad", [dict(patch=40), dict(dim=30, heads=4), dict(dim=12, heads=4, positions="rope"), dict(positions="sincos"), dict(horizon=0),
                                  dict(norm_position="sub")])
 def test_patchtst_config_rejects_bad_arguments(bad):
     name = next(iter(bad))

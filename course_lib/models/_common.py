@@ -25,6 +25,13 @@ def check_positive_ints(argument: str, values: object) -> tuple[int, ...]:
     return values
 
 
+def check_heads(dim: int, heads: int, *, rotary: bool = False) -> None:
+    """Raise ValueError unless `heads` divides `dim`, into an even head width when the heads are `rotary`."""
+    if dim % heads or (rotary and (dim // heads) % 2):
+        needed = "an even integer (rotary positions turn pairs of features)" if rotary else "an integer"
+        raise ValueError(f"dim={dim} / heads={heads} must be {needed}")
+
+
 def check_images(images: Tensor, channels: int) -> tuple[int, int]:
     """(height, width) of `images`, after checking that it is (batch, channels, height, width)."""
     if images.dim() != 4 or images.shape[1] != channels:

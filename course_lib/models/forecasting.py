@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from course_lib.models._common import check_positive
+from course_lib.models._common import check_heads, check_positive
 from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import RotaryEmbedding, TransformerBlock, make_norm
 
@@ -89,8 +89,7 @@ class PatchTSTConfig:
             check_positive(name, getattr(self, name))
         if self.patch > self.context:
             raise ValueError(f"patch={self.patch} is longer than context={self.context}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
+        check_heads(self.dim, self.heads, rotary=self.positions == "rope")
         if self.positions not in ("learned", "rope"):
             raise ValueError(f"positions={self.positions!r}; expected 'learned' or 'rope'")
         if self.norm_position not in ("pre", "post"):
@@ -217,8 +216,7 @@ class DecoderForecasterConfig:
     def __post_init__(self) -> None:
         for name in ("patch", "dim", "depth", "heads", "max_patches"):
             check_positive(name, getattr(self, name))
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise ValueError(f"dim={self.dim} / heads={self.heads} must be an even integer (rotary positions)")
+        check_heads(self.dim, self.heads, rotary=True)
 
 
 class DecoderForecaster(nn.Module):

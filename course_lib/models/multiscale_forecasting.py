@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from course_lib.models._common import check_positive, check_positive_ints
+from course_lib.models._common import check_heads, check_positive, check_positive_ints
 from course_lib.models.forecasting import PatchEncoder, as_channels, standardise
 
 __all__ = ["AdaptivePathways", "CoarseToFine", "CoarseToFineConfig", "MultiResolution",
@@ -55,8 +55,7 @@ class MultiScaleConfig:
             raise ValueError(f"every patch size {sizes} must divide context={self.context}")
         if self.top_k > len(sizes):
             raise ValueError(f"top_k={self.top_k} is more than the {len(sizes)} patch sizes")
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise ValueError(f"dim={self.dim} / heads={self.heads} must be an even integer")
+        check_heads(self.dim, self.heads, rotary=True)  # the multi-resolution branches are rotary
 
 
 def _branch(config: MultiScaleConfig, size: int, positions: str) -> PatchEncoder:
@@ -163,8 +162,7 @@ class CoarseToFineConfig:
             if self.context % (scale * self.patch) or self.horizon % (scale * self.patch):
                 raise ValueError(f"context={self.context} and horizon={self.horizon} must be multiples of "
                                  f"scale·patch = {scale}·{self.patch} for every scale")
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise ValueError(f"dim={self.dim} / heads={self.heads} must be an even integer (rotary positions)")
+        check_heads(self.dim, self.heads, rotary=True)
 
 
 class CoarseToFine(nn.Module):
