@@ -103,6 +103,7 @@ NAIVE_ACTIVATIONS = {
     "gelu": lambda x: 0.5 * x * (1 + torch.erf(x / math.sqrt(2))),
     "relu": lambda x: torch.where(x > 0, x, torch.zeros_like(x)),
     "silu": lambda x: x / (1 + torch.exp(-x)),
+    "quick_gelu": lambda x: x / (1 + torch.exp(-1.702 * x)),
 }
 
 

@@ -8,6 +8,13 @@ from course_lib.models.any_resolution import (
     pack_images,
     packed_forward,
 )
+from course_lib.models.clip import (
+    CLIP,
+    CLIPConfig,
+    clip_loss,
+    recall_at_k,
+    zero_shot_classify,
+)
 from course_lib.models.cross_scale import (
     CrossFormer,
     CrossFormerConfig,
@@ -83,6 +90,7 @@ from course_lib.models.vit import ViT, ViTConfig
 __all__ = [
     "AdaptivePathways", "ChannelAttention", "CoarseToFine", "CoarseToFineConfig", "DecoderForecaster", "DecoderForecasterConfig",
     "MultiResolution", "MultiScaleConfig", "MultiScaledEmbedding", "PatchTST", "PatchTSTConfig", "SAMformer",
+    "CLIP", "CLIPConfig", "clip_loss", "recall_at_k", "zero_shot_classify",
     "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
     "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "LinearForecaster", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
     "MaxViTConfig", "MBLM", "MBLMConfig", "MultiMAE", "MultiMAEConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -15,7 +16,12 @@ def gelu_tanh(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "relu": F.relu, "silu": F.silu}
+def quick_gelu(x: Tensor) -> Tensor:
+    """x·sigmoid(1.702x), the cheap approximation of GELU that OpenAI's CLIP was trained with ('quick_gelu')."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "quick_gelu": quick_gelu, "relu": F.relu, "silu": F.silu}
 # feed-forward kinds: the name, then (class, activation); 'glu' is kept as the older name of SwiGLU
 FEEDFORWARDS = {"mlp": ("mlp", "gelu"), "glu": ("glu", "silu"), "swiglu": ("glu", "silu"),
                 "geglu": ("glu", "gelu"), "reglu": ("glu", "relu")}
