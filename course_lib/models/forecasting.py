@@ -116,8 +116,12 @@ class PatchEncoder(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_ratio=mlp_ratio, norm_position=norm_position,
                                                      dropout=dropout) for _ in range(depth))
 
-    def forward(self, series: Tensor) -> Tensor:
+    def forward(self, series: Tensor, offset: Tensor | None = None) -> Tensor:
+        """(B, length) -> (B, N, dim); `offset` (dim,), if given, is added to every token before the blocks (the
+        scale embedding of coarse-to-fine refinement)."""
         tokens = self.embed(patchify_series(series, self.patch, self.stride))  # (B, N, dim)
+        if offset is not None:
+            tokens = tokens + offset
         if self.positions is not None:
             tokens = tokens + self.positions[: tokens.shape[1]]
         for block in self.blocks:

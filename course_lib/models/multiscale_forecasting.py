@@ -199,11 +199,7 @@ class CoarseToFine(nn.Module):
             prior = F.interpolate(previous[:, None], size=self.config.horizon // factor, mode="linear",
                                   align_corners=False)[:, 0] if index else previous
             sequence = torch.cat([coarse, prior], dim=1)
-            mean = sequence.mean(dim=1, keepdim=True)
-            tokens = self.encoder.embed(rearrange(sequence - mean, "b (n p) -> b n p", p=self.config.patch))
-            tokens = tokens + self.scale_embedding[index]
-            for block in self.encoder.blocks:
-                tokens = block(tokens, rope=self.encoder.rope)
+            tokens = self.encoder(sequence - sequence.mean(dim=1, keepdim=True), self.scale_embedding[index])
             previous = prior + self.heads[index](rearrange(tokens, "b n d -> b (n d)"))
             outputs.append(_to_units(previous, loc, scale, univariate, channels))
         return outputs
