@@ -346,3 +346,30 @@ def test_loss_and_recall_reject_bad_arguments():
         recall_at_k(torch.randn(3, 3), 4)
     with pytest.raises(ValueError, match="caption_ids"):
         recall_at_k(torch.randn(3, 3), 1, torch.tensor([[0, 1, 2]]))
+
+
+# --- the shared, modality-agnostic backbone --------------------------------------------------------------
+
+
+def test_shared_backbone_runs_one_set_of_blocks_in_both_towers():
+    """Equal to two separate towers whose text blocks hold copies of the vision blocks' weights, with the block
+    weights counted once."""
+    shared = small_clip(shared_backbone=True)
+    assert shared.text.blocks is shared.vision.blocks
+    separate = small_clip()
+    state = shared.state_dict()  # holds the blocks under both names, with the same tensors
+    separate.load_state_dict(state)
+    for ours, theirs in zip(separate.text.blocks.parameters(), shared.vision.blocks.parameters()):
+        assert torch.equal(ours, theirs)
+    images, tokens = torch.randn(3, 3, 16, 16), captions(3, LENGTH, VOCAB - 1, pad=PAD)
+    with torch.no_grad():
+        for ours, theirs in zip(shared(images, tokens), separate(images, tokens)):
+            torch.testing.assert_close(ours, theirs)
+    blocks = sum(p.numel() for p in shared.vision.blocks.parameters())
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731  (parameters() yields shared ones once)
+    assert count(separate) - count(shared) == blocks
+
+
+def test_shared_backbone_needs_towers_of_one_shape():
+    with pytest.raises(ValueError, match="shared_backbone"):
+        CLIPConfig(vocab_size=VOCAB, eos_token_id=0, text_dim=32, vision_dim=64, shared_backbone=True)

@@ -10,7 +10,10 @@ encoder trained so that an image and its caption land close together in one shar
 - `clip_loss` is the symmetric contrastive loss (InfoNCE) over those scores; `zero_shot_classify` turns class names
   into a classifier with no training; `recall_at_k` measures retrieval.
 
-`CLIP.from_hf` copies the weights of Hugging Face's `CLIPModel`, with which it then agrees.
+`CLIP.from_hf` copies the weights of Hugging Face's `CLIPModel`, with which it then agrees. With
+`shared_backbone=True` both towers run the same transformer blocks (causal for text, not for images) between
+their own tokenisers and poolers: the modality-agnostic backbone of "VATT: Transformers for Multimodal
+Self-Supervised Learning from Raw Video, Audio and Text", with about half the block weights.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class CLIPConfig:
     activation: str = "quick_gelu"
     norm_eps: float = 1e-5
     init_temperature: float = 0.07
+    shared_backbone: bool = False  # one set of blocks for both towers (VATT's modality-agnostic backbone)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "image_size", "patch_size", "channels", "vision_dim", "vision_depth", "vision_heads",
@@ -84,6 +88,10 @@ class CLIPConfig:
         if isinstance(self.init_temperature, bool) or not isinstance(self.init_temperature, (int, float)) \
                 or not 0 < self.init_temperature < math.inf:
             raise ValueError(f"init_temperature={self.init_temperature!r} must be a positive finite number")
+        towers = [(self.vision_dim, self.vision_depth, self.vision_heads), (self.text_dim, self.text_depth, self.text_heads)]
+        if self.shared_backbone and towers[0] != towers[1]:
+            raise ValueError(f"shared_backbone=True needs the same (dim, depth, heads) in both towers; got vision "
+                             f"{towers[0]} and text {towers[1]}")
 
     @property
     def num_patches(self) -> int:
@@ -196,6 +204,8 @@ class CLIP(nn.Module):
         self.config = config
         self.vision = CLIPVisionEncoder(config)
         self.text = CLIPTextEncoder(config)
+        if config.shared_backbone:  # per-modality tokenisers, norms and poolers around one set of blocks
+            self.text.blocks = self.vision.blocks
         self.visual_projection = nn.Linear(config.vision_dim, config.embed_dim, bias=False)
         self.text_projection = nn.Linear(config.text_dim, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / config.init_temperature)))
