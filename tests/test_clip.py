@@ -13,6 +13,7 @@ from course_lib.models.clip import (
     CLIP,
     CLIPConfig,
     clip_loss,
+    prompt_ensemble,
     recall_at_k,
     zero_shot_classify,
 )
@@ -373,3 +374,12 @@ def test_shared_backbone_runs_one_set_of_blocks_in_both_towers():
 def test_shared_backbone_needs_towers_of_one_shape():
     with pytest.raises(ValueError, match="shared_backbone"):
         CLIPConfig(vocab_size=VOCAB, eos_token_id=0, text_dim=32, vision_dim=64, shared_backbone=True)
+
+
+def test_prompt_ensemble_averages_each_class_then_renormalises():
+    embeddings = F.normalize(torch.randn(3, 4, 5), dim=-1)
+    expected = torch.stack([sum(embeddings[c, p] for p in range(4)) for c in range(3)])
+    expected = expected / expected.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(prompt_ensemble(embeddings), expected)
+    with pytest.raises(ValueError, match="embeddings"):
+        prompt_ensemble(torch.randn(3, 5))

@@ -32,7 +32,7 @@ from course_lib.nn import MLP, LayerNorm, TransformerBlock
 from course_lib.nn.feedforward import ACTIVATIONS
 
 __all__ = ["CLIP", "CLIPConfig", "CLIPTextEncoder", "CLIPVisionEncoder", "caption_targets",
-           "clip_loss", "recall_at_k", "zero_shot_classify"]
+           "clip_loss", "prompt_ensemble", "recall_at_k", "zero_shot_classify"]
 
 # Hugging Face's names for the activations we have (`hidden_act`), as our names
 HF_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -390,6 +390,16 @@ def zero_shot_classify(model: CLIP, images: Tensor, class_tokens: Tensor) -> Ten
         raise ValueError(f"class_tokens has shape {tuple(getattr(class_tokens, 'shape', ()))}; expected (classes >= 1, "
                          "length), one prompt per class")
     return (model.encode_image(images) @ model.encode_text(class_tokens).T).argmax(dim=1)
+
+
+def prompt_ensemble(embeddings: Tensor) -> Tensor:
+    """(classes, prompts, D) text embeddings -> (classes, D): each class's prompts averaged and put back on the unit
+    sphere, CLIP's prompt ensembling ("a red circle", "a red striped circle", ... as one class vector)."""
+    if not isinstance(embeddings, Tensor) or embeddings.dim() != 3 or not embeddings.is_floating_point() \
+            or 0 in embeddings.shape:
+        raise ValueError(f"embeddings must be a float tensor (classes, prompts, dim); got "
+                         f"{getattr(embeddings, 'dtype', type(embeddings).__name__)} of shape {tuple(getattr(embeddings, 'shape', ()))}")
+    return F.normalize(embeddings.mean(dim=1), dim=-1)
 
 
 def recall_at_k(similarity: Tensor, k: int, caption_ids: Tensor | None = None) -> float:
