@@ -88,7 +88,9 @@ def _to_units(forecast: Tensor, loc: Tensor, scale: Tensor, univariate: bool, ch
 class AdaptivePathways(nn.Module):
     """A forecaster per patch size (patch encoder + flattening head) and a router over them: the router reads the
     amplitude spectrum of the standardised context and keeps the `top_k` branches with the largest logits,
-    weighted by a softmax over those. The routing weights of the last call are kept in `last_weights`."""
+    weighted by a softmax over those. The routing weights of the last call are kept in `last_weights`.
+    Pathformer's noise on the router and its load-balancing loss are left out: a branch outside every window's
+    top_k gets no gradient, so the router can settle on the same branches for all windows (notebook 14's does)."""
 
     def __init__(self, config: MultiScaleConfig, *, seed: int | None = None) -> None:
         super().__init__()
