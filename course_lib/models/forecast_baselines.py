@@ -22,18 +22,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from course_lib.models._common import check_positive
+from course_lib.models.forecasting import check_windows
+
 __all__ = ["LinearForecaster", "arima_forecasts", "ets_forecasts", "seasonal_naive"]
-
-
-def _check_count(argument: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{argument}={value!r} must be a positive int")
-
-
-def _check_windows(argument: str, windows: Tensor) -> None:
-    if not isinstance(windows, Tensor) or windows.dim() not in (2, 3) or not windows.is_floating_point():
-        raise ValueError(f"{argument} must be a float tensor (N, L) or (N, L, C); got "
-                         f"{getattr(windows, 'dtype', type(windows).__name__)} of shape {tuple(getattr(windows, 'shape', ()))}")
 
 
 def _season_offsets(horizon: int, period: int) -> Tensor:
@@ -45,9 +37,9 @@ def _season_offsets(horizon: int, period: int) -> Tensor:
 def seasonal_naive(contexts: Tensor, horizon: int, period: int) -> Tensor:
     """Forecast step h as the value `period`·ceil(h / period) steps before it: the last season repeated
     (`period=1`: the last value). (N, L[, C]) -> (N, horizon[, C])."""
-    _check_windows("contexts", contexts)
-    _check_count("horizon", horizon)
-    _check_count("period", period)
+    check_windows("contexts", contexts)
+    check_positive("horizon", horizon)
+    check_positive("period", period)
     if period > contexts.shape[1]:
         raise ValueError(f"period={period} is longer than the context ({contexts.shape[1]} steps); "
                          "expected period <= L")
@@ -61,14 +53,14 @@ class LinearForecaster(nn.Module):
 
     def __init__(self, context: int, horizon: int) -> None:
         super().__init__()
-        _check_count("context", context)
-        _check_count("horizon", horizon)
+        check_positive("context", context)
+        check_positive("horizon", horizon)
         self.context, self.horizon = context, horizon
         self.linear = nn.Linear(context, horizon)
 
     def forward(self, contexts: Tensor) -> Tensor:
         """(N, L) -> (N, H), or (N, L, C) -> (N, H, C)."""
-        _check_windows("contexts", contexts)
+        check_windows("contexts", contexts)
         if contexts.shape[1] != self.context:
             raise ValueError(f"contexts has {contexts.shape[1]} steps; this forecaster expects context={self.context}")
         last = contexts[:, -1:]  # (N, 1[, C])
@@ -81,8 +73,8 @@ class LinearForecaster(nn.Module):
     def fit_least_squares(cls, contexts: Tensor, targets: Tensor, ridge: float = 1e-3) -> LinearForecaster:
         """The forecaster minimising mean squared error + `ridge`·‖weights‖² (bias not penalised) on these windows,
         in closed form: the normal equations solved in float64. Every channel of every window is one example."""
-        _check_windows("contexts", contexts)
-        _check_windows("targets", targets)
+        check_windows("contexts", contexts)
+        check_windows("targets", targets)
         if (targets.dim() != contexts.dim() or len(targets) != len(contexts)
                 or targets.shape[2:] != contexts.shape[2:] or len(contexts) == 0):
             raise ValueError(f"contexts {tuple(contexts.shape)} and targets {tuple(targets.shape)} must be "
@@ -114,8 +106,8 @@ def _origins(series: Tensor, origins: Tensor | Sequence[int], horizon: int, trai
     if not isinstance(series, Tensor) or series.dim() != 1 or not series.is_floating_point():
         raise ValueError(f"series must be a 1-D float tensor; got {getattr(series, 'dtype', type(series).__name__)} "
                          f"of shape {tuple(getattr(series, 'shape', ()))}")
-    _check_count("horizon", horizon)
-    _check_count("train_end", train_end)
+    check_positive("horizon", horizon)
+    check_positive("train_end", train_end)
     if not minimum <= train_end <= len(series):
         raise ValueError(f"train_end={train_end} must lie in {minimum}..{len(series)} (enough values to fit the "
                          f"model, and no more than the series holds)")
@@ -140,7 +132,7 @@ def ets_forecasts(series: Tensor, origins: Tensor | Sequence[int], horizon: int,
     `trend`, additive seasonality if `period` > 1) fitted once on `series[:train_end]`, each from `series[:origin]`."""
     from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
-    _check_count("period", period)
+    check_positive("period", period)
     values, points = _origins(series, origins, horizon, train_end, max(10, 2 * period))
     options = dict(error="add", trend="add" if trend else None, damped_trend=bool(trend and damped),
                    seasonal="add" if period > 1 else None, seasonal_periods=period if period > 1 else None)

@@ -29,17 +29,22 @@ from course_lib.models._common import check_heads, check_positive
 from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import RotaryEmbedding, TransformerBlock, make_norm
 
-__all__ = ["DecoderForecaster", "DecoderForecasterConfig", "PatchEncoder", "PatchTST", "PatchTSTConfig", "as_channels", "patchify_series",
+__all__ = ["DecoderForecaster", "DecoderForecasterConfig", "PatchEncoder", "PatchTST", "PatchTSTConfig", "as_channels", "check_windows", "patchify_series",
            "standardise"]
 
 MIN_VARIANCE = 1e-5  # added to each window's variance before the square root (Hugging Face's `minimum_scale`)
 
 
+def check_windows(argument: str, windows: object) -> None:
+    """ValueError unless `windows` is a float tensor (batch, length) or (batch, length, channels)."""
+    if not isinstance(windows, Tensor) or windows.dim() not in (2, 3) or not windows.is_floating_point():
+        raise ValueError(f"{argument} must be a float tensor (batch, length) or (batch, length, channels); got "
+                         f"{getattr(windows, 'dtype', type(windows).__name__)} of shape {tuple(getattr(windows, 'shape', ()))}")
+
+
 def as_channels(contexts: Tensor) -> tuple[Tensor, bool]:
     """(B, L) or (B, L, C) -> ((B, L, C), whether the input had no channel axis); ValueError otherwise."""
-    if not isinstance(contexts, Tensor) or contexts.dim() not in (2, 3) or not contexts.is_floating_point():
-        raise ValueError(f"contexts must be a float tensor (batch, length) or (batch, length, channels); got "
-                         f"{getattr(contexts, 'dtype', type(contexts).__name__)} of shape {tuple(getattr(contexts, 'shape', ()))}")
+    check_windows("contexts", contexts)
     return (contexts[..., None], True) if contexts.dim() == 2 else (contexts, False)
 
 
