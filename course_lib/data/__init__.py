@@ -16,6 +16,7 @@ from course_lib.data.registry import SPLITS, available, load, register
 from course_lib.data.sequences import IGNORE, SequenceTaskDataset
 from course_lib.data.series import ForecastWindows, ProceduralSeries, sliding_windows
 from course_lib.data.shapes import Scene, ShapesDataset
+from course_lib.data.sound import sounds, spectrogram
 from course_lib.data.text import ByteTextDataset, corpus_text, decode, encode
 from course_lib.data.text_classes import StdlibPackagesDataset
 
@@ -23,5 +24,5 @@ __all__ = [
     "IGNORE", "SPLITS", "available", "ByteTextDataset", "CodecTokenDataset", "corpus_text", "CourseDataModule", "decode",
     "bicubic_upsample", "DigitsDataset", "encode", "EpochSampler", "ForecastWindows", "ListOpsDataset", "load", "PathfinderDataset", "PhotoCropsDataset", "ProceduralSeries", "register",
     "ResidualQuantizer", "ResumableDataLoader", "Scene", "SequenceDataModule", "SequenceTaskDataset", "ShapesDataset",
-    "sliding_windows", "StdlibPackagesDataset", "TextDataModule",
+    "sliding_windows", "sounds", "spectrogram", "StdlibPackagesDataset", "TextDataModule",
 ]
