@@ -5,6 +5,8 @@ exponent of a power law fitted to such measurements.
   convolutions and attention. Norms, softmax, pooling and element-wise operations are not counted (they are
   a small share in transformers). PyTorch's counter gives 0 for the fused attention kernel it runs on the CPU;
   here that kernel is counted like the GPU kernels, 4·L_q·L_k·d per head, the two matrix products inside it.
+  `count_attention_flops` counts those attention kernels alone (not the projections around them, and not
+  attention written out as matrix products), to compare how models spend their attention.
 - `peak_memory` watches every tensor the call creates (a `TorchDispatchMode`) and frees it when its storage is
   freed: the most bytes alive at once. It counts tensors, not the allocator's caches or Python objects, and
   works the same on CPU and GPU, which is what comparing two algorithms needs.
@@ -32,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["count_flops", "loglog_slope", "peak_memory", "time_call"]
+__all__ = ["count_attention_flops", "count_flops", "loglog_slope", "peak_memory", "time_call"]
 
 
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -62,12 +64,23 @@ def _inference(function: Callable) -> Iterator[None]:
             module.train(mode)
 
 
+def _flops_per_op(function: Callable, *args: Any, **kwargs: Any) -> dict[str, int]:
+    """FLOPs of one call in inference, by the name of the operator that spent them."""
+    with _inference(function), FlopCounterMode(display=False, custom_mapping=_extra_formulas()) as counter:
+        function(*args, **kwargs)
+    return {str(op): int(flops) for op, flops in counter.get_flop_counts()["Global"].items()}
+
+
 def count_flops(function: Callable, *args: Any, **kwargs: Any) -> int:
     """FLOPs of one call `function(*args, **kwargs)` in inference: 2 per multiply-add of matrix products,
     convolutions and attention (see the module docstring for what is not counted)."""
-    with _inference(function), FlopCounterMode(display=False, custom_mapping=_extra_formulas()) as counter:
-        function(*args, **kwargs)
-    return int(counter.get_total_flops())
+    return sum(_flops_per_op(function, *args, **kwargs).values())
+
+
+def count_attention_flops(function: Callable, *args: Any, **kwargs: Any) -> int:
+    """FLOPs of the scaled-dot-product attention kernels alone in one call (scores and the weighted sum of values,
+    4·L_q·L_k·d per head), whatever implementation PyTorch picked."""
+    return sum(flops for op, flops in _flops_per_op(function, *args, **kwargs).items() if "scaled_dot_product" in op)
 
 
 class _TensorMemory(TorchDispatchMode):

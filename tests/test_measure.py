@@ -151,3 +151,16 @@ def test_loglog_slope_of_a_linear_plus_quadratic_cost_lies_between():
 def test_loglog_slope_rejects_bad_points(xs, ys, message):
     with pytest.raises(ValueError, match=message):
         loglog_slope(xs, ys)
+
+
+def test_count_attention_flops_counts_the_attention_kernel_alone():
+    from course_lib.measure import count_attention_flops
+
+    layer = torch.nn.Linear(8, 8)
+    tokens = torch.randn(2, 3, 5, 8)  # (batch, heads, tokens, head size)
+
+    def block(x):
+        return layer(F.scaled_dot_product_attention(x, x, x))
+
+    assert count_attention_flops(block, tokens) == 4 * 2 * 3 * 5 * 5 * 8
+    assert count_attention_flops(layer, torch.randn(4, 8)) == 0
