@@ -204,17 +204,28 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: Tensor, cache: KVCache | None = None) -> Tensor:
-        """With a cache, `tokens` continue the sequence stored in it, and their keys and values are added."""
+    def forward(self, tokens: Tensor, cache: KVCache | None = None, *, prefix: Tensor | None = None) -> Tensor:
+        """With a cache, `tokens` continue the sequence stored in it, and their keys and values are added.
+
+        `prefix` (B, P, dim), embeddings that go before the tokens' (a vision-language bridge's image tokens), makes
+        the output (B, P + T, vocab_size): the tokens read the prefix, and positions count from its start."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens has shape {tuple(tokens.shape)}; expected (batch, length)")
+        if prefix is not None and (cache is not None or not isinstance(prefix, Tensor) or prefix.dim() != 3
+                                   or prefix.shape[0] != tokens.shape[0] or prefix.shape[2] != self.config.dim):
+            raise ValueError(f"prefix must be embeddings (batch={tokens.shape[0]}, length, dim={self.config.dim}), "
+                             f"without a cache; got shape {tuple(getattr(prefix, 'shape', ()))}"
+                             f"{' and a cache' if cache is not None else ''}")
         if cache is not None and self.config.wavelet_levels:
             raise ValueError("a KV cache cannot serve wavelet_levels > 0: the averages need every layer's past "
                              "outputs, not only its keys and values; call without a cache (generate(use_cache=False))")
         offset = cache.length if cache is not None else 0
-        if offset + tokens.shape[1] > self.config.max_len:
-            raise ValueError(f"sequence length {offset + tokens.shape[1]} is longer than max_len={self.config.max_len}")
+        length = tokens.shape[1] + (prefix.shape[1] if prefix is not None else 0)
+        if offset + length > self.config.max_len:
+            raise ValueError(f"sequence length {offset + length} is longer than max_len={self.config.max_len}")
         x = self.embed(tokens)  # (B, t, dim)
+        if prefix is not None:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, P + t, dim)
         if self.position is not None:
             x = self.position(x, offset)
         kv = None
