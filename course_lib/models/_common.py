@@ -11,6 +11,12 @@ def check_positive(argument: str, value: object) -> None:
         raise ValueError(f"{argument}={value!r} must be a positive int")
 
 
+def check_positive_number(argument: str, value: object) -> None:
+    """Raise ValueError unless `value` is a positive finite int or float (a bool is not): a ratio, a scale."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{argument}={value!r} must be a positive number")
+
+
 def check_num_classes(value: object) -> None:
     """Raise ValueError unless `value` is a non-negative int: the classes of a head, 0 meaning no head."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -30,7 +30,13 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from course_lib.models._common import check_heads, check_images, check_positive, init_vit_style
+from course_lib.models._common import (
+    check_heads,
+    check_images,
+    check_positive,
+    check_positive_number,
+    init_vit_style,
+)
 from course_lib.nn import LayerNorm, TransformerBlock
 
 __all__ = ["FUSIONS", "MODALITIES", "FusionConfig", "FusionModel", "attention_pairs", "drop_modalities",
@@ -81,8 +87,7 @@ class FusionConfig:
         if isinstance(self.unimodal_depth, bool) or not isinstance(self.unimodal_depth, int) or self.unimodal_depth < 0:
             raise ValueError(f"unimodal_depth={self.unimodal_depth!r} must be an int >= 0")
         check_heads(self.dim, self.heads)
-        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio={self.mlp_ratio!r} must be a positive number")
+        check_positive_number("mlp_ratio", self.mlp_ratio)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
         if self.sound_frames % self.frames_per_token:

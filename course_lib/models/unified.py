@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from course_lib.models._common import check_heads, check_images, check_positive, init_vit_style
+from course_lib.models._common import (
+    check_heads,
+    check_images,
+    check_positive,
+    check_positive_number,
+    init_vit_style,
+)
 from course_lib.models.gpt import GPT
 from course_lib.nn import MLP, LayerNorm, TransformerBlock, scaled_dot_product_attention
 
@@ -85,8 +91,7 @@ class UnifiedConfig:
         check_heads(self.dim, self.heads)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
-        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio={self.mlp_ratio!r} must be a positive number")
+        check_positive_number("mlp_ratio", self.mlp_ratio)
 
     @property
     def num_patches(self) -> int:
