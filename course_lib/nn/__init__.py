@@ -20,6 +20,7 @@ from course_lib.nn.efficient_attention import (
 )
 from course_lib.nn.feedforward import GLU, MLP, glu_hidden, make_feedforward
 from course_lib.nn.masking import gather_tokens, masked_count, random_masking, visible_indices
+from course_lib.nn.moe import MoE
 from course_lib.nn.multirate import (
     causal_moving_average,
     multirate_causal_average,
@@ -39,7 +40,7 @@ from course_lib.nn.positional import (
 )
 
 __all__ = [
-    "GLU", "LayerNorm", "LearnedKernelAttention", "LearnedPositionalEmbedding", "MLP", "MultiHeadAttention",
+    "GLU", "LayerNorm", "LearnedKernelAttention", "LearnedPositionalEmbedding", "MLP", "MoE", "MultiHeadAttention",
     "MultiScaleAttention", "NormedLinear", "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEncoding",
     "SinusoidalPositionalEncoding2D", "TransformerBlock", "TransformerEncoder", "angle_between_positions",
     "block_mask", "causal_moving_average", "causal_mask", "deepnet_scales", "gather_tokens", "glu_hidden", "haar_transform", "inverse_haar_transform",
