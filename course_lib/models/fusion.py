@@ -233,6 +233,11 @@ def _mean(tokens: Tensor, keep: Tensor) -> Tensor:
     return (tokens * weights).sum(dim=1) / weights.sum(dim=1)
 
 
+def _mean_over_streams(tokens: dict[str, Tensor], keep: dict[str, Tensor]) -> Tensor:
+    """(B, dim): each stream's mean real token, averaged over the streams given."""
+    return torch.stack([_mean(tokens[m], keep[m]) for m in tokens]).mean(dim=0)
+
+
 class FusionModel(nn.Module):
     """Inputs {modality: tensor} -> (B, num_classes) logits, the modalities fused by `config.fusion`."""
 
@@ -319,8 +324,7 @@ class FusionModel(nn.Module):
             for block in self.fusion_blocks[m]:
                 x = block(x, mask=_keys(keep))
             final[m] = x
-        pooled = torch.stack([_mean(final[m], keep) for m, (_, keep) in streams.items()]).mean(dim=0)
-        return pooled, final
+        return _mean_over_streams(final, {m: keep for m, (_, keep) in streams.items()}), final
 
     def _fuse_cross(self, streams: dict[str, tuple[Tensor, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
         """Each layer updates every stream at once: self-attention, then cross-attention to the other streams'
@@ -336,7 +340,7 @@ class FusionModel(nn.Module):
                 updated[m] = self.fusion_blocks[m][layer](x[m], mask=_keys(keep[m]), context=context,
                                                           context_mask=_keys(context_keep))
             x = updated
-        return torch.stack([_mean(x[m], keep[m]) for m in x]).mean(dim=0), x
+        return _mean_over_streams(x, keep), x
 
     def _fuse_bottleneck(self, streams: dict[str, tuple[Tensor, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
         """Each stream's blocks read its own tokens and the bottleneck tokens; the streams' updates of the
@@ -353,5 +357,4 @@ class FusionModel(nn.Module):
                 x[m], update = joint[:, :-count], joint[:, -count:]
                 updates.append(update)
             bottleneck = torch.stack(updates).mean(dim=0)
-        pooled = torch.stack([_mean(x[m], keep[m]) for m in x]).mean(dim=0)
-        return pooled, {**x, "fusion": bottleneck}
+        return _mean_over_streams(x, keep), {**x, "fusion": bottleneck}
