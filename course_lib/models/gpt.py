@@ -3,7 +3,8 @@
 Config: learned or rotary positions, LayerNorm or RMSNorm, GELU MLP or SwiGLU, multi-head /
 grouped-query / multi-query attention (`kv_heads`), cross-layer KV sharing (`kv_share_every`,
 as in "MLKV: Multi-Layer Key-Value Heads"), weight tying, and multi-rate structure on every block's
-output (`wavelet_levels`, as in "WaveletGPT: Wavelets Meet Large Language Models"; no parameters).
+output (`wavelet_levels`, as in "WaveletGPT: Wavelets Meet Large Language Models"; no parameters), and
+mixture-of-experts feed-forward layers in every other block (`moe_experts`, Switch Transformer's layout).
 `generate` samples with temperature and top-k, with or without a KV cache. `GPT.from_hf` copies
 the weights of a Hugging Face `GPT2LMHeadModel` or `LlamaForCausalLM` through an explicit key map.
 """
@@ -22,6 +23,7 @@ from course_lib.models._weights import checked_state_dict, move_module
 from course_lib.nn import (
     MLP,
     LearnedPositionalEmbedding,
+    MoE,
     RotaryEmbedding,
     make_feedforward,
     make_norm,
@@ -49,6 +51,10 @@ class GPTConfig:
     dropout: float = 0.0
     rope_base: float = 10000.0
     wavelet_levels: int = 0  # > 0: half the channels of each block's output averaged over 2..2^levels past tokens
+    moe_experts: int = 0  # > 0: every `moe_every`-th block's feed-forward is a mixture of this many SwiGLU experts
+    moe_k: int = 1  # experts per token (Switch: 1, Mixtral: 2)
+    moe_every: int = 2  # blocks 1, 1 + moe_every, ... are MoE (Switch and GShard alternate dense and MoE)
+    moe_capacity: float | None = None  # capacity factor; None: no expert ever drops a token
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_len", "dim", "depth", "heads", "kv_share_every"):
@@ -67,6 +73,12 @@ class GPTConfig:
         if isinstance(self.wavelet_levels, bool) or not isinstance(self.wavelet_levels, int) \
                 or not 0 <= self.wavelet_levels <= self.dim // 2:
             raise ValueError(f"wavelet_levels={self.wavelet_levels!r}; expected an integer in [0, dim // 2 = {self.dim // 2}]")
+        for name in ("moe_experts", "moe_k", "moe_every"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) \
+                    or getattr(self, name) < (0 if name == "moe_experts" else 1):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an int >= {0 if name == 'moe_experts' else 1}")
+        if self.moe_experts and self.moe_k > self.moe_experts:
+            raise ValueError(f"moe_k={self.moe_k} is more than moe_experts={self.moe_experts}")
         if self.ffn_hidden is None:
             self.ffn_hidden = 4 * self.dim if self.ffn == "mlp" else 8 * math.ceil(8 * self.dim / 3 / 8)
 
@@ -77,6 +89,10 @@ class GPTConfig:
     def computes_kv(self, layer: int) -> bool:
         """Only the first layer of each group of `kv_share_every` layers projects keys and values."""
         return layer % self.kv_share_every == 0
+
+    def is_moe(self, layer: int) -> bool:
+        """Whether block `layer` has a mixture of experts for its feed-forward (every `moe_every`-th, from 1)."""
+        return self.moe_experts > 0 and layer % self.moe_every == self.moe_every - 1
 
     def kv_cache_bytes(self, batch: int, length: int, bytes_per_value: int = 4) -> int:
         """Memory of a full KV cache: keys and values, per KV-computing layer, batch, KV head, position, feature."""
@@ -152,12 +168,15 @@ class CausalSelfAttention(nn.Module):
 class GPTBlock(nn.Module):
     """Pre-norm decoder block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
 
-    def __init__(self, config: GPTConfig, computes_kv: bool) -> None:
+    def __init__(self, config: GPTConfig, computes_kv: bool, moe: bool = False) -> None:
         super().__init__()
         self.attn_norm = make_norm(config.norm, config.dim)
         self.attn = CausalSelfAttention(config, computes_kv)
         self.ffn_norm = make_norm(config.norm, config.dim)
-        if config.ffn == "mlp":
+        if moe:
+            self.ffn = MoE(config.dim, config.ffn_hidden, config.moe_experts, config.moe_k,
+                           capacity_factor=config.moe_capacity)
+        elif config.ffn == "mlp":
             self.ffn = MLP(config.dim, config.ffn_hidden, activation=config.activation)
         else:
             self.ffn = make_feedforward(config.ffn, config.dim, config.ffn_hidden)
@@ -187,13 +206,15 @@ class GPT(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.dim)
         self.position = LearnedPositionalEmbedding(c.dim, c.max_len) if c.positional == "learned" else None
         self.rope = RotaryEmbedding(c.head_dim, c.max_len, c.rope_base) if c.positional == "rope" else None
-        self.blocks = nn.ModuleList(GPTBlock(c, c.computes_kv(i)) for i in range(c.depth))
+        self.blocks = nn.ModuleList(GPTBlock(c, c.computes_kv(i), c.is_moe(i)) for i in range(c.depth))
         self.final_norm = make_norm(c.norm, c.dim)
         self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
         self.apply(self._init_weights)
         for name, parameter in self.named_parameters():  # GPT-2: shrink what is added to the residual
-            if name.endswith(("to_out.weight", "fc_out.weight", "down.weight")):
+            if name.endswith(("to_out.weight", "fc_out.weight", "down.weight", "ffn.down")):
                 nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * c.depth))
+            elif name.endswith("ffn.gate_up"):  # MoE experts start like the dense SwiGLU they stand for
+                nn.init.normal_(parameter, std=0.02)
         if c.tie_weights:
             self.head.weight = self.embed.weight
 

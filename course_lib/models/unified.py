@@ -17,6 +17,12 @@ Tokens are routed to their modality's weights by position (the layout image-then
 example), so each weight set runs once on a contiguous slice: no loop over tokens. Every kind costs the same
 FLOPs per token; "multiway" and "mot" hold more parameters.
 
+Two more kinds (`MOE_KINDS`, notebook 18) learn the routing instead of fixing it: the feed-forward is a mixture of
+`experts` SwiGLU experts shared by both modalities, each token sent to its `top_k` best by a router, one router
+for every token ("moe", as in LIMoE) or one per modality ("moe-modality", EVE's modality-aware routing). The
+experts are 2/3 as wide as the dense MLP, so with top_k = 1 a token meets as many feed-forward weights as in
+"dense".
+
 `VisionLanguageBridge` is the bridge family (LLaVA and its kin): a vision encoder's tokens, mapped by a small
 projector into the embedding space of a causal language model, are prepended to the caption as a prefix.
 
@@ -30,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from course_lib.models._common import (
@@ -41,12 +47,21 @@ from course_lib.models._common import (
     init_vit_style,
 )
 from course_lib.models.gpt import GPT
-from course_lib.nn import MLP, LayerNorm, TransformerBlock, scaled_dot_product_attention
+from course_lib.nn import (
+    MLP,
+    LayerNorm,
+    MoE,
+    MultiHeadAttention,
+    TransformerBlock,
+    scaled_dot_product_attention,
+)
 
-__all__ = ["KINDS", "UnifiedConfig", "UnifiedTransformer", "VisionLanguageBridge", "box_iou", "caption_loss",
+__all__ = ["KINDS", "MOE_KINDS", "UnifiedConfig", "UnifiedTransformer", "VisionLanguageBridge", "box_iou",
+           "caption_accuracy", "caption_loss",
            "generalized_box_iou", "prefix_lm_mask"]
 
 KINDS = ("dense", "multiway", "mot")
+MOE_KINDS = ("moe", "moe-modality")
 IMAGE, TEXT = 0, 1  # modality ids
 
 
@@ -82,12 +97,17 @@ class UnifiedConfig:
     heads: int = 4
     depth: int = 2
     mlp_ratio: float = 2.0
+    experts: int = 4  # the MoE kinds only
+    top_k: int = 1
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind={self.kind!r}; expected one of {KINDS}")
-        for name in ("vocab_size", "image_size", "patch_size", "channels", "context_length", "dim", "heads", "depth"):
+        if self.kind not in KINDS + MOE_KINDS:
+            raise ValueError(f"kind={self.kind!r}; expected one of {KINDS + MOE_KINDS}")
+        for name in ("vocab_size", "image_size", "patch_size", "channels", "context_length", "dim", "heads", "depth",
+                     "experts", "top_k"):
             check_positive(name, getattr(self, name))
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k={self.top_k} is more than experts={self.experts}")
         check_heads(self.dim, self.heads)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
@@ -100,6 +120,11 @@ class UnifiedConfig:
     @property
     def hidden(self) -> int:
         return max(1, round(self.dim * self.mlp_ratio))
+
+    @property
+    def expert_hidden(self) -> int:
+        """A SwiGLU expert's width with as many weights as the dense MLP (3·dim·h = 2·dim·hidden)."""
+        return max(1, round(2 * self.hidden / 3))
 
 
 class PerModality(nn.Module):
@@ -165,7 +190,24 @@ class DenseBlock(nn.Module):
         return self.block(x, mask=mask)
 
 
-BLOCKS = {"dense": DenseBlock, "multiway": MultiwayBlock, "mot": MoTBlock}
+class MoEBlock(nn.Module):
+    """Pre-norm block whose feed-forward is a mixture of experts that both modalities share; the router sees each
+    token's modality ("moe-modality": a router per modality) or not ("moe": one router)."""
+
+    def __init__(self, config: UnifiedConfig) -> None:
+        super().__init__()
+        c = config
+        self.attn_norm, self.ffn_norm = LayerNorm(c.dim), LayerNorm(c.dim)
+        self.attn = MultiHeadAttention(c.dim, c.heads)
+        self.ffn = MoE(c.dim, c.expert_hidden, c.experts, c.top_k, groups=2, router_per_group=c.kind == "moe-modality")
+
+    def forward(self, x: Tensor, *, mask: Tensor, split: int) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), mask=mask)
+        modality = (torch.arange(x.shape[1], device=x.device) >= split).long()  # (L,): IMAGE then TEXT
+        return x + self.ffn(self.ffn_norm(x), repeat(modality, "l -> b l", b=x.shape[0]))
+
+
+BLOCKS = {"dense": DenseBlock, "multiway": MultiwayBlock, "mot": MoTBlock, "moe": MoEBlock, "moe-modality": MoEBlock}
 
 
 class UnifiedTransformer(nn.Module):
@@ -231,6 +273,12 @@ def caption_loss(logits: Tensor, tokens: Tensor, pad: int) -> Tensor:
     targets = tokens[:, 1:].masked_fill(tokens[:, 1:] == pad, -100)
     return F.cross_entropy(rearrange(logits[:, :-1], "b l v -> (b l) v"), rearrange(targets, "b l -> (b l)"),
                            ignore_index=-100)
+
+
+def caption_accuracy(logits: Tensor, tokens: Tensor, pad: int) -> float:
+    """Share of the captions' non-padding words after the first that (B, L, vocab) next-word logits predict exactly."""
+    targets, keep = tokens[:, 1:], tokens[:, 1:] != pad
+    return ((logits[:, :-1].argmax(dim=-1) == targets) & keep).sum().item() / keep.sum().item()
 
 
 class VisionLanguageBridge(nn.Module):

@@ -16,6 +16,8 @@ with the same seed see the same windows in the same order.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,10 +89,14 @@ def bits_per_token(model: nn.Module, data: Tensor, *, length: int, batch: int = 
 
 def fit_language_model(model: nn.Module, data: Tensor, *, length: int, steps: int, lr: float, batch: int = 32,
                        seed: int = 0, weight_decay: float = 0.1, device: torch.device | str | None = None,
-                       val_data: Tensor | None = None, every: int = 0) -> dict[str, list]:
-    """Train `model` in place on random windows; returns {"train": nats per step, "val": [(step, bits per token)]}.
+                       val_data: Tensor | None = None, every: int = 0,
+                       extra_loss: Callable[[], Tensor] | None = None) -> dict[str, list]:
+    """Train `model` in place on random windows; returns {"train": nats per step, "seconds": wall-clock seconds
+    of training (held-out scoring excluded) at the end of each step, "val": [(step, bits per token)]}.
 
     With `val_data` and `every` > 0, the held-out score is taken every `every` steps and after the last one.
+    `extra_loss()`, called after each forward pass, is added to the loss that trains (not to the one recorded):
+    an auxiliary loss the model computes on the way, such as a mixture of experts' balancing loss.
     """
     _check_data(data, length)
     if val_data is not None:
@@ -98,22 +104,28 @@ def fit_language_model(model: nn.Module, data: Tensor, *, length: int, steps: in
     _check_positive("steps", steps)
     _check_positive("batch", batch)
     _check_positive("lr", lr, float)
+    if extra_loss is not None and not callable(extra_loss):
+        raise ValueError(f"extra_loss={extra_loss!r} is not callable; expected a function of no arguments -> scalar")
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise ValueError(f"every={every!r}; expected an integer >= 0 (0: no held-out curve)")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = one_cycle(optimizer, lr, steps)
-    history: dict[str, list] = {"train": [], "val": []}
+    history: dict[str, list] = {"train": [], "seconds": [], "val": []}
     model.to(device).train()
+    started = time.perf_counter()  # moved forward by the time held-out scoring takes, which is not training
     for step in range(1, steps + 1):
         loss = windows_loss(model, _random_windows(data, length, batch, generator).long().to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if extra_loss is None else loss + extra_loss()).backward()
         optimizer.step()
         schedule.step()
         history["train"].append(loss.item())
+        history["seconds"].append(time.perf_counter() - started)
         if val_data is not None and every and (step % every == 0 or step == steps):
+            scoring = time.perf_counter()
             history["val"].append((step, bits_per_token(model, val_data, length=length, device=device)))
+            started += time.perf_counter() - scoring
     model.eval()
     return history
