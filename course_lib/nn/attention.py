@@ -7,6 +7,8 @@ query may attend to a key, and broadcasts to (batch, heads, queries, keys).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -73,6 +75,11 @@ def _flash_suits(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: b
     )
 
 
+# Set only inside `with course_lib.interpret.AttentionRecorder(model):`, like torch.no_grad's flag: a function that
+# receives every attention weight tensor computed meanwhile. None (the default) costs one lookup per call.
+WEIGHTS_RECORDER: ContextVar[Callable[[Tensor], None] | None] = ContextVar("attention_weights_recorder", default=None)
+
+
 def scaled_dot_product_attention(
     q: Tensor,
     k: Tensor,
@@ -92,6 +99,8 @@ def scaled_dot_product_attention(
     head g then serves query heads g*r .. g*r + r - 1, with r = heads / kv_heads.
     A query whose keys are all masked gets a zero output rather than NaN.
     On CUDA with Triton, `impl="fused"` without mask or dropout runs `course_lib.kernels.flash_attention`.
+    While an `AttentionRecorder` is active (`WEIGHTS_RECORDER` set), every call takes the explicit path and hands
+    its weights to the recorder, whatever `impl` says.
     """
     if q.shape[-1] != k.shape[-1] or k.shape[:-1] != v.shape[:-1]:
         raise ValueError(
@@ -107,6 +116,9 @@ def scaled_dot_product_attention(
         raise ValueError(f"dropout={dropout} must lie in [0, 1)")
     if impl == "fused" and return_weights:
         raise ValueError("return_weights=True needs impl='explicit': the fused kernel never forms them")
+    recorder = WEIGHTS_RECORDER.get()
+    if recorder is not None:  # inside `course_lib.interpret.AttentionRecorder`: form the weights and hand them over
+        impl = "explicit"
     if grouped and impl == "explicit":  # each key/value head serves heads/kv_heads consecutive query heads
         k, v = (repeat(t, "... g s d -> ... (g r) s d", r=q.shape[-3] // k.shape[-3]) for t in (k, v))
     leading = q.shape[:-2] if grouped else torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])
@@ -139,6 +151,8 @@ def scaled_dot_product_attention(
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout)
     out = weights @ v  # (..., Lq, d_v)
+    if recorder is not None:
+        recorder(weights)
     return (out, weights) if return_weights else out
 
 
