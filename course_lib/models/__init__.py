@@ -88,12 +88,13 @@ from course_lib.models.sequence import SequenceTransformer, SequenceTransformerC
 from course_lib.models.swin import Swin, SwinConfig
 from course_lib.models.unified import UnifiedConfig, UnifiedTransformer, VisionLanguageBridge
 from course_lib.models.vit import ViT, ViTConfig
+from course_lib.models.vqvae import VQVAE, VQVAEConfig
 
 __all__ = [
     "AdaptivePathways", "ChannelAttention", "CoarseToFine", "CoarseToFineConfig", "DecoderForecaster", "DecoderForecasterConfig",
     "MultiResolution", "MultiScaleConfig", "MultiScaledEmbedding", "PatchTST", "PatchTSTConfig", "SAMformer",
     "CLIP", "CLIPConfig", "clip_loss", "recall_at_k", "zero_shot_classify", "FusionConfig", "FusionModel", "UnifiedConfig",
-    "UnifiedTransformer", "VisionLanguageBridge",
+    "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig",
     "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
     "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "LinearForecaster", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
     "MaxViTConfig", "MBLM", "MBLMConfig", "MultiMAE", "MultiMAEConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",

@@ -38,10 +38,11 @@ from course_lib.nn.positional import (
     sinusoidal_table,
     sinusoidal_table_2d,
 )
+from course_lib.nn.quantize import MultiScaleVQ, ResidualVQ, VectorQuantizer
 
 __all__ = [
     "GLU", "LayerNorm", "LearnedKernelAttention", "LearnedPositionalEmbedding", "MLP", "MoE", "MultiHeadAttention",
-    "MultiScaleAttention", "NormedLinear", "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEncoding",
+    "MultiScaleAttention", "MultiScaleVQ", "ResidualVQ", "VectorQuantizer", "NormedLinear", "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEncoding",
     "SinusoidalPositionalEncoding2D", "TransformerBlock", "TransformerEncoder", "angle_between_positions",
     "block_mask", "causal_moving_average", "causal_mask", "deepnet_scales", "gather_tokens", "glu_hidden", "haar_transform", "inverse_haar_transform",
     "linear_attention", "make_feedforward", "make_norm", "masked_count", "mra_attention", "multipole_attention",
