@@ -6,6 +6,7 @@ autograder (nbgrader, pytest) sees the failure too.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,11 @@ def first_mismatch(expected: Any, actual: Any, *, atol: float, rtol: float, wher
             if expected.is_floating_point():
                 share += f"; tolerance atol={atol}, rtol={rtol}"
             return f"{where}{list(index)} is {_scalar(actual[index])}, expected {_scalar(expected[index])} ({share})"
+        return None
+    if isinstance(expected, float) and not isinstance(expected, bool):
+        if isinstance(actual, bool) or not isinstance(actual, (int, float)) \
+                or not math.isclose(actual, expected, rel_tol=rtol, abs_tol=atol):
+            return f"{where} is {actual!r}, expected {expected:.6g} (tolerance atol={atol}, rtol={rtol})"
         return None
     if actual != expected:
         return f"{where} is {actual!r}, expected {expected!r}"
