@@ -35,6 +35,7 @@ from course_lib.models.forecasting import (
     PatchTST,
     PatchTSTConfig,
 )
+from course_lib.models.dit import DiT, DiTConfig
 from course_lib.models.fusion import FusionConfig, FusionModel
 from course_lib.models.gpt import GPT, GPTConfig, KVCache
 from course_lib.models.hierarchical import (
@@ -94,7 +95,7 @@ __all__ = [
     "AdaptivePathways", "ChannelAttention", "CoarseToFine", "CoarseToFineConfig", "DecoderForecaster", "DecoderForecasterConfig",
     "MultiResolution", "MultiScaleConfig", "MultiScaledEmbedding", "PatchTST", "PatchTSTConfig", "SAMformer",
     "CLIP", "CLIPConfig", "clip_loss", "recall_at_k", "zero_shot_classify", "FusionConfig", "FusionModel", "UnifiedConfig",
-    "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig",
+    "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig", "DiT", "DiTConfig",
     "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
     "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "LinearForecaster", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
     "MaxViTConfig", "MBLM", "MBLMConfig", "MultiMAE", "MultiMAEConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",
