@@ -23,6 +23,7 @@ from course_lib.models.cross_scale import (
     MaxViT,
     MaxViTConfig,
 )
+from course_lib.models.dit import DiT, DiTConfig
 from course_lib.models.forecast_baselines import (
     LinearForecaster,
     arima_forecasts,
@@ -35,7 +36,6 @@ from course_lib.models.forecasting import (
     PatchTST,
     PatchTSTConfig,
 )
-from course_lib.models.dit import DiT, DiTConfig
 from course_lib.models.fusion import FusionConfig, FusionModel
 from course_lib.models.gpt import GPT, GPTConfig, KVCache
 from course_lib.models.hierarchical import (
