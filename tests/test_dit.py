@@ -75,3 +75,55 @@ def test_bad_config_is_named():
         DiTConfig(image_size=16, patch_size=5)
     with pytest.raises(ValueError, match="heads"):
         DiTConfig(dim=30, heads=4)
+
+
+def randomised(model: DiT, seed: int = 0) -> DiT:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    return model.eval()
+
+
+def test_in_context_conditioning_reads_time_and_label_as_two_tokens():
+    model = randomised(DiT(DiTConfig(image_size=8, patch_size=4, dim=16, heads=2, depth=2, num_classes=3,
+                                     conditioning="in-context")))
+    assert all(block.modulation is None for block in model.blocks) and model.final_modulation is None
+    images = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        out = model(images, torch.tensor([5, 5]), torch.tensor([0, 0]))
+        assert out.shape == images.shape
+        assert not torch.allclose(out, model(images, torch.tensor([5, 5]), torch.tensor([1, 1])))
+        assert not torch.allclose(out, model(images, torch.tensor([500, 500]), torch.tensor([0, 0])))
+        tokens = torch.cat([model.time_mlp(timestep_embedding(torch.tensor([5, 5]), 256))[:, None],
+                            model.label_embed(torch.tensor([0, 0]))[:, None],
+                            model.patch_embed(images).flatten(2).transpose(1, 2) + model.positions], dim=1)
+        for block in model.blocks:
+            tokens = block(tokens, None)
+        by_hand = model.to_patches(model.final_norm(tokens)[:, 2:])  # (2, 4, 48)
+        expected = by_hand.reshape(2, 2, 2, 4, 4, 3).permute(0, 5, 1, 3, 2, 4).reshape(2, 3, 8, 8)
+    torch.testing.assert_close(out, expected)
+
+
+def test_long_skips_feed_each_early_block_to_its_mirror():
+    model = randomised(DiT(DiTConfig(image_size=8, patch_size=4, dim=16, heads=2, depth=5, num_classes=3,
+                                     conditioning="in-context", long_skips=True)))
+    assert len(model.skip_projections) == 2
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        first = model.blocks[0](x, None)
+        second = model.blocks[1](first, None)
+        middle = model.blocks[2](second, None)
+        fourth = model.blocks[3](model.skip_projections[1](torch.cat([middle, second], -1)), None)
+        fifth = model.blocks[4](model.skip_projections[0](torch.cat([fourth, first], -1)), None)
+        torch.testing.assert_close(model._in_context_blocks(x), fifth)
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(conditioning="cross-attention"), "conditioning"),
+    (dict(long_skips=True), "long_skips"),
+    (dict(conditioning="in-context", long_skips=True, depth=4), "odd depth"),
+])
+def test_conditioning_options_are_checked(options, words):
+    with pytest.raises(ValueError, match=words):
+        DiTConfig(**options)

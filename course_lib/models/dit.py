@@ -6,6 +6,13 @@ MLP, plus a learned label embedding with one extra "no label" row for classifier
 linear map of SiLU(c) gives six vectors: a shift and a scale for the LayerNorm before attention and before the
 MLP, and a gate for each branch's output. The maps start at zero, so every block starts as the identity.
 
+Two other ways to condition, for comparison (notebook 21 measures them against adaLN-Zero):
+- `conditioning="in-context"`: the time and the label are two extra tokens in the sequence, read by attention like
+  any patch, and the blocks are plain pre-norm ViT blocks (DiT's "in-context conditioning");
+- `long_skips=True` (U-ViT, "All are Worth Words: A ViT Backbone for Diffusion Models"): with in-context tokens,
+  the output of each of the first depth // 2 blocks is concatenated to the input of its mirror block in the second
+  half and projected back to `dim`, like a U-Net's skips; `depth` must then be odd (a middle block).
+
 `DiT.from_hf` copies a `diffusers` `DiTTransformer2DModel`. Diffusers gives every block its own copy of the time and
 label embedders; the DiT paper (and this file) computes c once, so the copy takes block 0's embedders and checks
 that the others hold the same weights.
@@ -24,7 +31,9 @@ from torch import Tensor, nn
 from course_lib.models._common import check_images, check_positive
 from course_lib.nn import MLP, MultiHeadAttention, sinusoidal_table_2d
 
-__all__ = ["DiT", "DiTConfig", "timestep_embedding"]
+__all__ = ["CONDITIONINGS", "DiT", "DiTConfig", "timestep_embedding"]
+
+CONDITIONINGS = ("adaln-zero", "in-context")
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,15 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 12
     frequency_dim: int = 256  # width of the sinusoidal time features before the time MLP
+    conditioning: str = "adaln-zero"  # or "in-context": time and label as two extra tokens
+    long_skips: bool = False  # U-ViT's skips from the first half of the blocks to the second (in-context only)
 
     def __post_init__(self) -> None:
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning={self.conditioning!r}; expected one of {CONDITIONINGS}")
+        if self.long_skips and (self.conditioning != "in-context" or self.depth % 2 == 0):
+            raise ValueError(f"long_skips=True is U-ViT's design: it needs conditioning='in-context' and an odd depth "
+                             f"(a middle block); got {self.conditioning!r} and depth={self.depth}")
         for name in ("image_size", "patch_size", "channels", "dim", "depth", "heads", "num_classes", "frequency_dim"):
             check_positive(name, getattr(self, name))
         if self.image_size % self.patch_size:
@@ -70,18 +86,23 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class DiTBlock(nn.Module):
-    """x + gate_a · attention(adaLN(x)), then x + gate_m · MLP(adaLN(x)), the six vectors from SiLU(c)."""
+    """x + gate_a · attention(adaLN(x)), then x + gate_m · MLP(adaLN(x)), the six vectors from SiLU(c). Without
+    `adaptive` (in-context conditioning), a plain pre-norm block: LayerNorms with their own scale and shift, no
+    gates, and `condition` unused."""
 
-    def __init__(self, config: DiTConfig) -> None:
+    def __init__(self, config: DiTConfig, *, adaptive: bool = True) -> None:
         super().__init__()
         c = config
-        self.attn_norm = nn.LayerNorm(c.dim, eps=1e-6, elementwise_affine=False)
+        self.attn_norm = nn.LayerNorm(c.dim, eps=1e-6, elementwise_affine=not adaptive)
         self.attn = MultiHeadAttention(c.dim, c.heads)
-        self.mlp_norm = nn.LayerNorm(c.dim, eps=1e-5, elementwise_affine=False)
+        self.mlp_norm = nn.LayerNorm(c.dim, eps=1e-5, elementwise_affine=not adaptive)
         self.mlp = MLP(c.dim, int(c.dim * c.mlp_ratio), activation="gelu_tanh")
-        self.modulation = nn.Linear(c.dim, 6 * c.dim)  # adaLN-Zero: initialised to zero by DiT
+        self.modulation = nn.Linear(c.dim, 6 * c.dim) if adaptive else None  # adaLN-Zero: starts at zero
 
     def forward(self, x: Tensor, condition: Tensor) -> Tensor:
+        if self.modulation is None:
+            x = x + self.attn(self.attn_norm(x))
+            return x + self.mlp(self.mlp_norm(x))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(F.silu(condition)).chunk(6, dim=-1)
         x = x + gate_a[:, None] * self.attn(modulate(self.attn_norm(x), shift_a, scale_a))
         return x + gate_m[:, None] * self.mlp(modulate(self.mlp_norm(x), shift_m, scale_m))
@@ -97,9 +118,13 @@ class DiT(nn.Module):
         self.register_buffer("positions", sinusoidal_table_2d(c.grid, c.grid, c.dim), persistent=False)
         self.time_mlp = nn.Sequential(nn.Linear(c.frequency_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.label_embed = nn.Embedding(c.num_classes + 1, c.dim)  # the last row: "no label"
-        self.blocks = nn.ModuleList(DiTBlock(c) for _ in range(c.depth))
-        self.final_norm = nn.LayerNorm(c.dim, eps=1e-6, elementwise_affine=False)
-        self.final_modulation = nn.Linear(c.dim, 2 * c.dim)
+        adaptive = c.conditioning == "adaln-zero"
+        self.blocks = nn.ModuleList(DiTBlock(c, adaptive=adaptive) for _ in range(c.depth))
+        # U-ViT: block depth - 1 - i reads block i's output too, through a projection of the concatenation
+        self.skip_projections = nn.ModuleList(nn.Linear(2 * c.dim, c.dim) for _ in range(c.depth // 2)) \
+            if c.long_skips else None
+        self.final_norm = nn.LayerNorm(c.dim, eps=1e-6, elementwise_affine=not adaptive)
+        self.final_modulation = nn.Linear(c.dim, 2 * c.dim) if adaptive else None
         self.to_patches = nn.Linear(c.dim, c.patch_size ** 2 * (c.out_channels or c.channels))
         self._init_weights()
 
@@ -111,7 +136,8 @@ class DiT(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.label_embed.weight, std=0.02)
-        for layer in [*(block.modulation for block in self.blocks), self.final_modulation, self.to_patches]:
+        zero_start = [*(block.modulation for block in self.blocks), self.final_modulation, self.to_patches]
+        for layer in (layer for layer in zero_start if layer is not None):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -135,18 +161,36 @@ class DiT(nn.Module):
         self._check(images, times, labels)
         c = self.config
         x = rearrange(self.patch_embed(images), "b d h w -> b (h w) d") + self.positions
-        condition = self.condition(times, labels)
-        for block in self.blocks:
-            x = block(x, condition)
-        shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
-        patches = self.to_patches(modulate(self.final_norm(x), shift, scale))  # (B, N, p·p·C_out)
+        if self.final_modulation is not None:  # adaLN-Zero
+            condition = self.condition(times, labels)
+            for block in self.blocks:
+                x = block(x, condition)
+            shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
+            x = modulate(self.final_norm(x), shift, scale)
+        else:  # in-context: two more tokens, dropped after the last block
+            time_token = self.time_mlp(timestep_embedding(times, c.frequency_dim))
+            x = torch.cat([time_token[:, None], self.label_embed(labels)[:, None], x], dim=1)
+            x = self.final_norm(self._in_context_blocks(x))[:, 2:]
+        patches = self.to_patches(x)  # (B, N, p·p·C_out)
         return rearrange(patches, "b (h w) (p q c) -> b c (h p) (w q)", h=c.grid, p=c.patch_size, q=c.patch_size)
+
+    def _in_context_blocks(self, x: Tensor) -> Tensor:
+        """The blocks in order; with U-ViT's long skips, the first half's outputs are fed to the second half."""
+        skips = []
+        for i, block in enumerate(self.blocks):
+            mirror = len(self.blocks) - 1 - i
+            if self.skip_projections is not None and i > mirror:
+                x = self.skip_projections[mirror](torch.cat([x, skips.pop()], dim=-1))
+            x = block(x, None)
+            if self.skip_projections is not None and i < mirror:
+                skips.append(x)
+        return x
 
     @classmethod
     def from_hf(cls, reference: nn.Module) -> DiT:
         """Our DiT with the weights of a `diffusers` `DiTTransformer2DModel` (norm_type 'ada_norm_zero')."""
         h = reference.config
-        if h.norm_type != "ada_norm_zero":
+        if getattr(h, "norm_type", None) != "ada_norm_zero":
             raise ValueError(f"norm_type={h.norm_type!r}; only DiT's 'ada_norm_zero' has an equivalent here")
         config = DiTConfig(image_size=h.sample_size, patch_size=h.patch_size, channels=h.in_channels,
                            out_channels=h.out_channels, dim=h.num_attention_heads * h.attention_head_dim,
