@@ -141,9 +141,14 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
+    def embed(self, times: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, dim) each: the time (sinusoidal features through the time MLP) and the label, embedded."""
+        return self.time_mlp(timestep_embedding(times, self.config.frequency_dim)), self.label_embed(labels)
+
     def condition(self, times: Tensor, labels: Tensor) -> Tensor:
-        """(B, dim) conditioning vector c: the embedded time plus the embedded label."""
-        return self.time_mlp(timestep_embedding(times, self.config.frequency_dim)) + self.label_embed(labels)
+        """(B, dim) conditioning vector c of adaLN-Zero: the embedded time plus the embedded label."""
+        time, label = self.embed(times, labels)
+        return time + label
 
     def _check(self, images: Tensor, times: Tensor, labels: Tensor) -> None:
         c = self.config
@@ -168,8 +173,8 @@ class DiT(nn.Module):
             shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
             x = modulate(self.final_norm(x), shift, scale)
         else:  # in-context: two more tokens, dropped after the last block
-            time_token = self.time_mlp(timestep_embedding(times, c.frequency_dim))
-            x = torch.cat([time_token[:, None], self.label_embed(labels)[:, None], x], dim=1)
+            time, label = self.embed(times, labels)
+            x = torch.cat([time[:, None], label[:, None], x], dim=1)
             x = self.final_norm(self._in_context_blocks(x))[:, 2:]
         patches = self.to_patches(x)  # (B, N, p·p·C_out)
         return rearrange(patches, "b (h w) (p q c) -> b c (h p) (w q)", h=c.grid, p=c.patch_size, q=c.patch_size)
