@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from course_lib.models._common import check_images, check_positive
 from course_lib.nn import MLP, MultiHeadAttention, sinusoidal_table_2d
 
-__all__ = ["CONDITIONINGS", "DiT", "DiTConfig", "timestep_embedding"]
+__all__ = ["CONDITIONINGS", "DiT", "DiTBlock", "DiTConfig", "timestep_embedding"]
 
 CONDITIONINGS = ("adaln-zero", "in-context")
 
@@ -80,6 +80,24 @@ def timestep_embedding(t: Tensor, dim: int, *, base: float = 10000.0) -> Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
+def unpatchify(patches: Tensor, patch_size: int) -> Tensor:
+    """(B, N, p·p·C) patch predictions of a square grid -> (B, C, H, W) images."""
+    grid = math.isqrt(patches.shape[1])
+    return rearrange(patches, "b (h w) (p q c) -> b c (h p) (w q)", h=grid, p=patch_size, q=patch_size)
+
+
+def init_weights(model: nn.Module, zero_start: list[nn.Linear | None]) -> None:
+    """Xavier-uniform weights and zero biases for every linear layer of `model`, then zeros for `zero_start` (the
+    adaLN-Zero modulations and the output layer)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    for layer in (layer for layer in zero_start if layer is not None):
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """x (B, N, dim) normalised, then scaled by (1 + scale) and shifted, per example: adaptive LayerNorm."""
     return x * (1 + scale[:, None]) + shift[:, None]
@@ -90,21 +108,35 @@ class DiTBlock(nn.Module):
     `adaptive` (in-context conditioning), a plain pre-norm block: LayerNorms with their own scale and shift, no
     gates, and `condition` unused."""
 
-    def __init__(self, config: DiTConfig, *, adaptive: bool = True) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, *, adaptive: bool = True,
+                 mlp_norm_eps: float = 1e-5) -> None:
         super().__init__()
-        c = config
-        self.attn_norm = nn.LayerNorm(c.dim, eps=1e-6, elementwise_affine=not adaptive)
-        self.attn = MultiHeadAttention(c.dim, c.heads)
-        self.mlp_norm = nn.LayerNorm(c.dim, eps=1e-5, elementwise_affine=not adaptive)
-        self.mlp = MLP(c.dim, int(c.dim * c.mlp_ratio), activation="gelu_tanh")
-        self.modulation = nn.Linear(c.dim, 6 * c.dim) if adaptive else None  # adaLN-Zero: starts at zero
+        self.attn_norm = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=not adaptive)
+        self.attn = MultiHeadAttention(dim, heads)
+        self.mlp_norm = nn.LayerNorm(dim, eps=mlp_norm_eps, elementwise_affine=not adaptive)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), activation="gelu_tanh")
+        self.modulation = nn.Linear(dim, 6 * dim) if adaptive else None  # adaLN-Zero: starts at zero
 
-    def forward(self, x: Tensor, condition: Tensor) -> Tensor:
+    def forward(self, x: Tensor, condition: Tensor | None) -> Tensor:
         if self.modulation is None:
             x = x + self.attn(self.attn_norm(x))
             return x + self.mlp(self.mlp_norm(x))
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(F.silu(condition)).chunk(6, dim=-1)
-        x = x + gate_a[:, None] * self.attn(modulate(self.attn_norm(x), shift_a, scale_a))
+        vectors = self.modulations(condition)
+        return self.after_attention(x, self.attn(self.attention_input(x, vectors)), vectors)
+
+    def modulations(self, condition: Tensor) -> tuple[Tensor, ...]:
+        """adaLN-Zero's six (B, dim) vectors: shift, scale, gate before and after attention, then for the MLP."""
+        return self.modulation(F.silu(condition)).chunk(6, dim=-1)
+
+    def attention_input(self, x: Tensor, vectors: tuple[Tensor, ...]) -> Tensor:
+        """What attention reads: x normalised, scaled and shifted."""
+        shift, scale = vectors[0], vectors[1]
+        return modulate(self.attn_norm(x), shift, scale)
+
+    def after_attention(self, x: Tensor, attended: Tensor, vectors: tuple[Tensor, ...]) -> Tensor:
+        """The gated attention output added to x, then the gated MLP branch."""
+        gate_a, shift_m, scale_m, gate_m = vectors[2:]
+        x = x + gate_a[:, None] * attended
         return x + gate_m[:, None] * self.mlp(modulate(self.mlp_norm(x), shift_m, scale_m))
 
 
@@ -119,7 +151,7 @@ class DiT(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(c.frequency_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.label_embed = nn.Embedding(c.num_classes + 1, c.dim)  # the last row: "no label"
         adaptive = c.conditioning == "adaln-zero"
-        self.blocks = nn.ModuleList(DiTBlock(c, adaptive=adaptive) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(DiTBlock(c.dim, c.heads, c.mlp_ratio, adaptive=adaptive) for _ in range(c.depth))
         # U-ViT: block depth - 1 - i reads block i's output too, through a projection of the concatenation
         self.skip_projections = nn.ModuleList(nn.Linear(2 * c.dim, c.dim) for _ in range(c.depth // 2)) \
             if c.long_skips else None
@@ -131,15 +163,8 @@ class DiT(nn.Module):
     def _init_weights(self) -> None:
         """DiT's: Xavier-uniform linear layers, the label table at std 0.02, and adaLN-Zero: every modulation and
         the output layer start at zero, so the untrained model predicts zero."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_weights(self, [*(block.modulation for block in self.blocks), self.final_modulation, self.to_patches])
         nn.init.normal_(self.label_embed.weight, std=0.02)
-        zero_start = [*(block.modulation for block in self.blocks), self.final_modulation, self.to_patches]
-        for layer in (layer for layer in zero_start if layer is not None):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
 
     def embed(self, times: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """(B, dim) each: the time (sinusoidal features through the time MLP) and the label, embedded."""
@@ -176,8 +201,7 @@ class DiT(nn.Module):
             time, label = self.embed(times, labels)
             x = torch.cat([time[:, None], label[:, None], x], dim=1)
             x = self.final_norm(self._in_context_blocks(x))[:, 2:]
-        patches = self.to_patches(x)  # (B, N, p·p·C_out)
-        return rearrange(patches, "b (h w) (p q c) -> b c (h p) (w q)", h=c.grid, p=c.patch_size, q=c.patch_size)
+        return unpatchify(self.to_patches(x), c.patch_size)
 
     def _in_context_blocks(self, x: Tensor) -> Tensor:
         """The blocks in order; with U-ViT's long skips, the first half's outputs are fed to the second half."""
