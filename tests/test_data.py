@@ -44,7 +44,7 @@ TOKEN_DATASETS = [*SEQUENCE_TASKS, "python_text"]  # the images (shapes, digits)
 
 
 def test_available_lists_every_dataset():
-    assert available() == sorted([*TOKEN_DATASETS, "co2", "codec_tokens", "digits", "elnino", "listops", "macro",
+    assert available() == sorted([*TOKEN_DATASETS, "burgers", "co2", "codec_tokens", "digits", "elnino", "listops", "macro",
                                   "multiscale_series", "nile", "pathfinder", "photos", "shapes", "stdlib_packages",
                                   "sunspots"])
 
@@ -165,7 +165,7 @@ def test_splits_share_no_sequence_in_a_tiny_space(name, options):
 
 
 def test_registry_errors_name_the_problem():
-    with pytest.raises(ValueError, match=r"name='mnist'.*associative_recall, co2, codec_tokens, copy.*sort"):
+    with pytest.raises(ValueError, match=r"name='mnist'.*associative_recall, burgers, co2, codec_tokens, copy.*sort"):
         load("mnist")
     with pytest.raises(ValueError, match=r"split='validation'.*'train', 'val', 'test'"):
         load("reverse", split="validation")

@@ -1,6 +1,6 @@
 """Offline datasets: `load(name, split=..., **options)`; `available()` lists the names."""
 
-from course_lib.data import digits, photos, sequences, series, shapes, text, text_classes  # noqa: F401  (importing registers the datasets)
+from course_lib.data import digits, pde, photos, sequences, series, shapes, text, text_classes  # noqa: F401  (importing registers the datasets)
 from course_lib.data.codec import CodecTokenDataset, ResidualQuantizer
 from course_lib.data.digits import DigitsDataset
 from course_lib.data.loaders import (
@@ -11,6 +11,7 @@ from course_lib.data.loaders import (
     TextDataModule,
 )
 from course_lib.data.long_range import ListOpsDataset, PathfinderDataset
+from course_lib.data.pde import FieldTrajectories
 from course_lib.data.photos import PhotoCropsDataset, bicubic_upsample
 from course_lib.data.registry import SPLITS, available, load, register
 from course_lib.data.sequences import IGNORE, SequenceTaskDataset
@@ -22,7 +23,7 @@ from course_lib.data.text_classes import StdlibPackagesDataset
 
 __all__ = [
     "IGNORE", "SPLITS", "available", "ByteTextDataset", "CodecTokenDataset", "corpus_text", "CourseDataModule", "decode",
-    "bicubic_upsample", "DigitsDataset", "encode", "EpochSampler", "ForecastWindows", "ListOpsDataset", "load", "PathfinderDataset", "PhotoCropsDataset", "ProceduralSeries", "register",
+    "bicubic_upsample", "DigitsDataset", "encode", "FieldTrajectories", "EpochSampler", "ForecastWindows", "ListOpsDataset", "load", "PathfinderDataset", "PhotoCropsDataset", "ProceduralSeries", "register",
     "ResidualQuantizer", "ResumableDataLoader", "Scene", "SequenceDataModule", "SequenceTaskDataset", "ShapesDataset",
     "sliding_windows", "sounds", "spectrogram", "StdlibPackagesDataset", "TextDataModule",
 ]
