@@ -55,6 +55,7 @@ from course_lib.models.image_tokens import MaskedTokenConfig, MaskedTokenModel, 
 from course_lib.models.mae import ConvMAE, ConvMAEConfig, MAEConfig, MaskedAutoencoder
 from course_lib.models.mamba import Mamba, MambaConfig
 from course_lib.models.mblm import MBLM, MBLMConfig
+from course_lib.models.mmdit import MMDiT, MMDiTConfig
 from course_lib.models.multimae import MultiMAE, MultiMAEConfig
 from course_lib.models.multiscale_forecasting import (
     AdaptivePathways,
@@ -66,6 +67,7 @@ from course_lib.models.multiscale_forecasting import (
     SAMformer,
 )
 from course_lib.models.multiscale_text import MultiScaleTransformer, MultiScaleTransformerConfig
+from course_lib.models.operator import FieldTransformer, FieldTransformerConfig
 from course_lib.models.restoration import (
     ChannelAttention,
     HierarchicalWindows,
@@ -95,7 +97,8 @@ __all__ = [
     "AdaptivePathways", "ChannelAttention", "CoarseToFine", "CoarseToFineConfig", "DecoderForecaster", "DecoderForecasterConfig",
     "MultiResolution", "MultiScaleConfig", "MultiScaledEmbedding", "PatchTST", "PatchTSTConfig", "SAMformer",
     "CLIP", "CLIPConfig", "clip_loss", "recall_at_k", "zero_shot_classify", "FusionConfig", "FusionModel", "UnifiedConfig",
-    "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig", "DiT", "DiTConfig",
+    "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig", "DiT", "DiTConfig", "MMDiT", "MMDiTConfig", "FieldTransformer",
+    "FieldTransformerConfig",
     "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
     "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "LinearForecaster", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
     "MaxViTConfig", "MBLM", "MBLMConfig", "MultiMAE", "MultiMAEConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",
