@@ -19,6 +19,7 @@ from course_lib.nn import (
     MultiHeadAttention,
     block_mask,
     causal_mask,
+    mixed_modal_mask,
     padding_mask,
     scaled_dot_product_attention,
 )
@@ -342,3 +343,22 @@ def test_bad_impl_dropout_and_shapes():
         scaled_dot_product_attention(q, q, q, dropout=1.0)
     with pytest.raises(ValueError, match=r"q \(3, 4\), k \(3, 5\)"):
         scaled_dot_product_attention(q, torch.randn(3, 5), torch.randn(3, 5))
+
+
+def test_mixed_modal_mask_is_causal_with_bidirectional_blocks():
+    """Text, an image of three tokens, more text, a second image of two: written out pair by pair."""
+    segments = torch.tensor([0, 0, 1, 1, 1, 0, 2, 2])
+    mask = mixed_modal_mask(segments)
+    for i in range(8):
+        for j in range(8):
+            same_image = segments[i] > 0 and segments[i] == segments[j]
+            assert mask[i, j] == (j <= i or same_image), (i, j)
+    batch = mixed_modal_mask(torch.stack([segments, torch.zeros(8, dtype=torch.long)]))
+    assert batch.shape == (2, 1, 8, 8)
+    assert torch.equal(batch[0, 0], mask) and torch.equal(batch[1, 0], causal_mask(8))
+
+
+@pytest.mark.parametrize("segments", [torch.tensor([0.0, 1.0]), torch.tensor([-1, 0]), torch.zeros(2, 2, 2).long()])
+def test_mixed_modal_mask_rejects_bad_segments(segments):
+    with pytest.raises(ValueError, match="segments"):
+        mixed_modal_mask(segments)

@@ -53,6 +53,7 @@ from course_lib.nn import (
     MoE,
     MultiHeadAttention,
     TransformerBlock,
+    mixed_modal_mask,
     scaled_dot_product_attention,
 )
 
@@ -72,13 +73,9 @@ def prefix_lm_mask(prefix: int, length: int, *, device: torch.device | None = No
     for name, value in (("prefix", prefix), ("length", length)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}={value!r} must be an int >= 0")
-    total = prefix + length
-    if total == 0:
+    if prefix + length == 0:
         raise ValueError("prefix + length must be at least 1")
-    causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
-    causal[:, :prefix] = True  # every token reads the whole prefix ...
-    causal[:prefix, prefix:] = False  # ... and the prefix never reads the text
-    return causal
+    return mixed_modal_mask(torch.tensor([1] * prefix + [0] * length, device=device))  # the image: one block
 
 
 @dataclass(frozen=True)

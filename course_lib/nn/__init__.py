@@ -4,6 +4,7 @@ from course_lib.nn.attention import (
     MultiHeadAttention,
     block_mask,
     causal_mask,
+    mixed_modal_mask,
     padding_mask,
     scaled_dot_product_attention,
 )
@@ -44,7 +45,7 @@ __all__ = [
     "GLU", "LayerNorm", "LearnedKernelAttention", "LearnedPositionalEmbedding", "MLP", "MoE", "MultiHeadAttention",
     "MultiScaleAttention", "MultiScaleVQ", "ResidualVQ", "VectorQuantizer", "NormedLinear", "RMSNorm", "RotaryEmbedding", "SinusoidalPositionalEncoding",
     "SinusoidalPositionalEncoding2D", "TransformerBlock", "TransformerEncoder", "angle_between_positions",
-    "block_mask", "causal_moving_average", "causal_mask", "deepnet_scales", "gather_tokens", "glu_hidden", "haar_transform", "inverse_haar_transform",
+    "block_mask", "causal_moving_average", "causal_mask", "mixed_modal_mask", "deepnet_scales", "gather_tokens", "glu_hidden", "haar_transform", "inverse_haar_transform",
     "linear_attention", "make_feedforward", "make_norm", "masked_count", "mra_attention", "multipole_attention",
     "multirate_causal_average", "multirate_windows", "multiscale_mask", "padding_mask", "performer_attention", "random_masking", "rotate_half", "scale_schedule",
     "scaled_dot_product_attention", "sinusoidal_table", "sinusoidal_table_2d", "visible_indices", "wavelet_space_attention",

@@ -49,6 +49,23 @@ def block_mask(block_sizes: list[int], *, device: torch.device | None = None) ->
     return block_id[:, None] == block_id[None, :]
 
 
+def mixed_modal_mask(segments: Tensor) -> Tensor:
+    """Boolean mask, True = may attend, for a sequence mixing causal tokens with bidirectional blocks (Transfusion's
+    and MonoFormer's mask): every token reads every earlier token, and the tokens of one block (an image) also read
+    each other both ways. `segments` (L,) or (B, L) integers: 0 for a causal token (text), k > 0 for a token of
+    block k. Returns (L, L), or (B, 1, L, L) for a batch."""
+    if not isinstance(segments, Tensor) or segments.dim() not in (1, 2) or segments.is_floating_point() \
+            or segments.numel() == 0 or segments.min() < 0:
+        raise ValueError(f"segments must be an (L,) or (B, L) integer tensor of block ids >= 0 (0: causal); got "
+                         f"{getattr(segments, 'dtype', type(segments).__name__)} of shape "
+                         f"{tuple(getattr(segments, 'shape', ()))}")
+    length = segments.shape[-1]
+    earlier = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    same_block = (segments[..., :, None] == segments[..., None, :]) & (segments[..., :, None] > 0)
+    mask = earlier | same_block
+    return mask if segments.dim() == 1 else rearrange(mask, "b q k -> b 1 q k")
+
+
 def _check_mask(mask: Tensor, scores_shape: tuple[int, ...]) -> None:
     if mask.dtype != torch.bool:
         raise ValueError(f"mask has dtype {mask.dtype}; expected torch.bool (True = may attend)")
