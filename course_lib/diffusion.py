@@ -22,7 +22,7 @@ clipping); `euler_step` equals `FlowMatchEulerDiscreteScheduler.step`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -152,7 +152,10 @@ class DenoisingObjective(nn.Module):
         return F.mse_loss(self.model(noisy, times, condition), target)
 
 
-def guided_prediction(model: nn.Module, x: Tensor, times: Tensor, condition: Tensor, null_condition: Tensor,
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]  # (noisy images, times, condition) -> prediction
+
+
+def guided_prediction(model: Denoiser, x: Tensor, times: Tensor, condition: Tensor, null_condition: Tensor,
                       guidance: float) -> Tensor:
     """The model's prediction with classifier-free guidance `guidance` (1: the plain conditional prediction, one
     forward pass; otherwise the conditional and unconditional ones in one batch of twice the size)."""
@@ -174,7 +177,7 @@ def _start(condition: Tensor, null_condition: Tensor, shape: tuple[int, ...], gu
 
 
 @torch.no_grad()
-def sample_flow(model: nn.Module, condition: Tensor, null_condition: Tensor, *, shape: tuple[int, ...],
+def sample_flow(model: Denoiser, condition: Tensor, null_condition: Tensor, *, shape: tuple[int, ...],
                 steps: int = 32, guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
     """One image of `shape` per condition: pure noise at s = 1 carried to s = 0 by `steps` equal Euler steps of
     the (guided) velocity."""
@@ -189,7 +192,7 @@ def sample_flow(model: nn.Module, condition: Tensor, null_condition: Tensor, *, 
 
 
 @torch.no_grad()
-def sample_ddpm(model: nn.Module, schedule: DDPMSchedule, condition: Tensor, null_condition: Tensor, *,
+def sample_ddpm(model: Denoiser, schedule: DDPMSchedule, condition: Tensor, null_condition: Tensor, *,
                 shape: tuple[int, ...], guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
     """One image of `shape` per condition: pure noise at the last step walked back through every step of
     `schedule` with the (guided) noise prediction (DDPM's ancestral sampler)."""
