@@ -89,6 +89,7 @@ from course_lib.models.segmentation import (
 from course_lib.models.seq2seq import Seq2SeqTransformer, Seq2SeqTransformerConfig
 from course_lib.models.sequence import SequenceTransformer, SequenceTransformerConfig
 from course_lib.models.swin import Swin, SwinConfig
+from course_lib.models.transfusion import Transfusion, TransfusionConfig
 from course_lib.models.unified import UnifiedConfig, UnifiedTransformer, VisionLanguageBridge
 from course_lib.models.vit import ViT, ViTConfig
 from course_lib.models.vqvae import VQVAE, VQVAEConfig
@@ -97,7 +98,7 @@ __all__ = [
     "AdaptivePathways", "ChannelAttention", "CoarseToFine", "CoarseToFineConfig", "DecoderForecaster", "DecoderForecasterConfig",
     "MultiResolution", "MultiScaleConfig", "MultiScaledEmbedding", "PatchTST", "PatchTSTConfig", "SAMformer",
     "CLIP", "CLIPConfig", "clip_loss", "recall_at_k", "zero_shot_classify", "FusionConfig", "FusionModel", "UnifiedConfig",
-    "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig", "DiT", "DiTConfig", "MMDiT", "MMDiTConfig", "FieldTransformer",
+    "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig", "DiT", "DiTConfig", "MMDiT", "MMDiTConfig", "Transfusion", "TransfusionConfig", "FieldTransformer",
     "FieldTransformerConfig",
     "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
     "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "LinearForecaster", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",

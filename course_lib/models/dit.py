@@ -29,6 +29,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from course_lib.models._common import check_images, check_positive
+from course_lib.models.image_tokens import unpatchify
 from course_lib.nn import MLP, MultiHeadAttention, sinusoidal_table_2d
 
 __all__ = ["CONDITIONINGS", "DiT", "DiTBlock", "DiTConfig", "timestep_embedding"]
@@ -78,12 +79,6 @@ def timestep_embedding(t: Tensor, dim: int, *, base: float = 10000.0) -> Tensor:
     frequencies = torch.exp(-math.log(base) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
     angles = t.float()[:, None] * frequencies[None]
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-
-
-def unpatchify(patches: Tensor, patch_size: int) -> Tensor:
-    """(B, N, p·p·C) patch predictions of a square grid -> (B, C, H, W) images."""
-    grid = math.isqrt(patches.shape[1])
-    return rearrange(patches, "b (h w) (p q c) -> b c (h p) (w q)", h=grid, p=patch_size, q=patch_size)
 
 
 def init_weights(model: nn.Module, zero_start: list[nn.Linear | None]) -> None:
@@ -201,7 +196,7 @@ class DiT(nn.Module):
             time, label = self.embed(times, labels)
             x = torch.cat([time[:, None], label[:, None], x], dim=1)
             x = self.final_norm(self._in_context_blocks(x))[:, 2:]
-        return unpatchify(self.to_patches(x), c.patch_size)
+        return unpatchify(self.to_patches(x), c.patch_size, (c.grid, c.grid))
 
     def _in_context_blocks(self, x: Tensor) -> Tensor:
         """The blocks in order; with U-ViT's long skips, the first half's outputs are fed to the second half."""

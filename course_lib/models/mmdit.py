@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from course_lib.data.captions import VOCAB
 from course_lib.models._common import check_images, check_positive
-from course_lib.models.dit import DiTBlock, init_weights, modulate, timestep_embedding, unpatchify
+from course_lib.models.dit import DiTBlock, init_weights, modulate, timestep_embedding
+from course_lib.models.image_tokens import unpatchify
 from course_lib.nn import MultiHeadAttention, scaled_dot_product_attention, sinusoidal_table_2d
 
 __all__ = ["JointBlock", "MMDiT", "MMDiTConfig", "joint_attention"]
@@ -150,4 +151,6 @@ class MMDiT(nn.Module):
         for block in self.blocks:
             image, text = block(image, text, condition)
         shift, scale = self.final_modulation(torch.nn.functional.silu(condition)).chunk(2, dim=-1)
-        return unpatchify(self.to_patches(modulate(self.final_norm(image), shift, scale)), self.config.patch_size)
+        grid = self.config.image_size // self.config.patch_size
+        return unpatchify(self.to_patches(modulate(self.final_norm(image), shift, scale)), self.config.patch_size,
+                          (grid, grid))

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from course_lib.data.captions import EOT, PAD, SOT, VOCAB
 from course_lib.diffusion import FLOW_TIME_SCALE, flow_pair
 from course_lib.models._common import check_images, check_positive
-from course_lib.models.dit import timestep_embedding, unpatchify
+from course_lib.models.dit import timestep_embedding
+from course_lib.models.image_tokens import patchify, unpatchify
 from course_lib.models.unified import caption_loss
 from course_lib.nn import LayerNorm, TransformerBlock, mixed_modal_mask, sinusoidal_table_2d
 
@@ -103,7 +103,7 @@ class Transfusion(nn.Module):
         self._check(text, images, times, order)
         c = self.config
         words = self.word_embed(text) + self.text_positions
-        patches = rearrange(images, "b ch (h p) (w q) -> b (h w) (p q ch)", p=c.patch_size, q=c.patch_size)
+        patches = patchify(images, c.patch_size)
         time = self.time_mlp(timestep_embedding(times, c.frequency_dim))
         image = self.patch_embed(patches) + self.image_positions + time[:, None]
         text_segment = torch.zeros(c.text_length, dtype=torch.long, device=text.device)
@@ -118,7 +118,8 @@ class Transfusion(nn.Module):
         x = self.norm(x)
         text_out, image_out = (x[:, : c.text_length], x[:, c.text_length:]) if order == "text-first" \
             else (x[:, c.patches:], x[:, : c.patches])
-        return self.to_words(text_out), unpatchify(self.to_patches(image_out), c.patch_size)
+        grid = c.image_size // c.patch_size
+        return self.to_words(text_out), unpatchify(self.to_patches(image_out), c.patch_size, (grid, grid))
 
     def velocity(self, images: Tensor, times: Tensor, text: Tensor) -> Tensor:
         """The flow's velocity for noisy `images` given captions `text` (caption first): the denoiser that
