@@ -54,6 +54,7 @@ from course_lib.models.hybrid import Hybrid, HybridConfig
 from course_lib.models.image_tokens import MaskedTokenConfig, MaskedTokenModel, PatchTokenizer
 from course_lib.models.mae import ConvMAE, ConvMAEConfig, MAEConfig, MaskedAutoencoder
 from course_lib.models.mamba import Mamba, MambaConfig
+from course_lib.models.masked_diffusion import MaskedDiffusion, MaskedDiffusionConfig
 from course_lib.models.mblm import MBLM, MBLMConfig
 from course_lib.models.mmdit import MMDiT, MMDiTConfig
 from course_lib.models.multimae import MultiMAE, MultiMAEConfig
@@ -67,6 +68,7 @@ from course_lib.models.multiscale_forecasting import (
     SAMformer,
 )
 from course_lib.models.multiscale_text import MultiScaleTransformer, MultiScaleTransformerConfig
+from course_lib.models.next_scale import NextScaleConfig, NextScaleTransformer
 from course_lib.models.operator import FieldTransformer, FieldTransformerConfig
 from course_lib.models.restoration import (
     ChannelAttention,
@@ -98,7 +100,8 @@ __all__ = [
     "AdaptivePathways", "ChannelAttention", "CoarseToFine", "CoarseToFineConfig", "DecoderForecaster", "DecoderForecasterConfig",
     "MultiResolution", "MultiScaleConfig", "MultiScaledEmbedding", "PatchTST", "PatchTSTConfig", "SAMformer",
     "CLIP", "CLIPConfig", "clip_loss", "recall_at_k", "zero_shot_classify", "FusionConfig", "FusionModel", "UnifiedConfig",
-    "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig", "DiT", "DiTConfig", "MMDiT", "MMDiTConfig", "Transfusion", "TransfusionConfig", "FieldTransformer",
+    "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig", "DiT", "DiTConfig", "MMDiT", "MMDiTConfig", "Transfusion", "TransfusionConfig", "MaskedDiffusion", "MaskedDiffusionConfig",
+    "NextScaleConfig", "NextScaleTransformer", "FieldTransformer",
     "FieldTransformerConfig",
     "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
     "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "LinearForecaster", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
