@@ -62,14 +62,19 @@ class DDPMSchedule:
         alpha_bar = _per_example(self.alpha_bars[self._check_steps(t).cpu()].to(x0.device), x0)
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
 
-    def step(self, predicted_noise: Tensor, t: int, x_t: Tensor, noise: Tensor | None = None) -> Tensor:
+    def step(self, predicted_noise: Tensor, t: int, x_t: Tensor, noise: Tensor | None = None, *,
+             clip: bool = False) -> Tensor:
         """x_{t−1} from x_t and the model's ε̂ at step `t` (one int for the batch): the posterior mean given
-        x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t, plus √β̃_t times `noise` (fresh N(0, I) when None; none at t = 0)."""
+        x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t, plus √β̃_t times `noise` (fresh N(0, I) when None; none at t = 0).
+        `clip` clamps x̂_0 to the data's range [−1, 1] first, as DDPM's own sampler does: at high noise x̂_0 divides
+        the noise estimate's errors by a small √ᾱ_t, and unclamped they can carry the sample far outside the data."""
         t = int(self._check_steps(torch.tensor([t]))[0])
         alpha_bar = self.alpha_bars[t]
         alpha_bar_before = self.alpha_bars[t - 1] if t > 0 else torch.tensor(1.0)
         beta = 1 - alpha_bar / alpha_bar_before  # β_t, from the products as diffusers does (equal in exact arithmetic)
         x0 = (x_t - (1 - alpha_bar).sqrt() * predicted_noise) / alpha_bar.sqrt()
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
         mean = (alpha_bar_before.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - alpha_bar_before) * x_t) / (1 - alpha_bar)
         if t == 0:
             return mean
@@ -193,13 +198,15 @@ def sample_flow(model: Denoiser, condition: Tensor, null_condition: Tensor, *, s
 
 @torch.no_grad()
 def sample_ddpm(model: Denoiser, schedule: DDPMSchedule, condition: Tensor, null_condition: Tensor, *,
-                shape: tuple[int, ...], guidance: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+                shape: tuple[int, ...], guidance: float = 1.0, generator: torch.Generator | None = None,
+                clip: bool = True) -> Tensor:
     """One image of `shape` per condition: pure noise at the last step walked back through every step of
-    `schedule` with the (guided) noise prediction (DDPM's ancestral sampler)."""
+    `schedule` with the (guided) noise prediction (DDPM's ancestral sampler; `clip`: x̂_0 clamped to [−1, 1] at
+    every step, see `DDPMSchedule.step`)."""
     generator = generator or torch.Generator().manual_seed(0)
     x = _start(condition, null_condition, shape, guidance, generator)
     for t in reversed(range(schedule.steps)):
         t_batch = torch.full((len(x),), t, device=x.device, dtype=torch.long)
         predicted = guided_prediction(model, x, t_batch, condition, null_condition, guidance)
-        x = schedule.step(predicted, t, x, torch.randn(x.shape, generator=generator).to(x.device))
+        x = schedule.step(predicted, t, x, torch.randn(x.shape, generator=generator).to(x.device), clip=clip)
     return x

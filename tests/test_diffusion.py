@@ -44,6 +44,19 @@ def test_a_denoising_step_equals_diffusers(t):
     torch.testing.assert_close(DDPMSchedule().step(predicted, t, x_t, noise), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("t", [3, 999])
+def test_a_clipped_step_equals_diffusers_with_clip_sample(t):
+    x_t, predicted = 3 * torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    reference = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True,
+                                        variance_type="fixed_small", prediction_type="epsilon")
+    reference.set_timesteps(1000)
+    expected = reference.step(predicted, t, x_t, generator=torch.Generator().manual_seed(t)).prev_sample
+    noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t))
+    got = DDPMSchedule().step(predicted, t, x_t, noise, clip=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got - DDPMSchedule().step(predicted, t, x_t, noise)).abs().max() > 1e-3  # the clamp mattered
+
+
 def test_flow_pair_and_euler_step_equal_diffusers_flow_matching():
     x0, noise, s = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.tensor([0.0, 0.3, 1.0])
     point, velocity = flow_pair(x0, noise, s)
@@ -153,7 +166,7 @@ class PointMass(nn.Module):
 
 
 def test_both_samplers_land_on_the_data_when_the_model_is_exact():
-    target = torch.randn(3, 4, 4)
+    target = torch.rand(3, 4, 4) * 2 - 1  # in the data's range, where clipping x̂_0 changes nothing
     labels, null = torch.zeros(5, dtype=torch.long), torch.tensor(1)
     flow = sample_flow(PointMass(target, "flow"), labels, null, shape=(3, 4, 4), steps=7)
     torch.testing.assert_close(flow, target.expand(5, -1, -1, -1), rtol=1e-4, atol=1e-4)
