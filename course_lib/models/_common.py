@@ -75,3 +75,15 @@ def init_vit(model: nn.Module, *tokens: nn.Parameter | None) -> None:
     for parameter in tokens:
         if parameter is not None:
             nn.init.trunc_normal_(parameter, std=0.02)
+
+
+def check_patched_image_config(config: object, *positive: str) -> None:
+    """Raise ValueError unless every field named in `positive` is a positive int, `image_size` splits into whole
+    patches of `patch_size`, and `dim` splits into `heads` and into the four parts of 2D sin-cos positions: the
+    shared checks of the diffusion transformers' configs."""
+    for name in positive:
+        check_positive(name, getattr(config, name))
+    if config.image_size % config.patch_size:
+        raise ValueError(f"image_size={config.image_size} is not divisible by patch_size={config.patch_size}")
+    if config.dim % config.heads or config.dim % 4:
+        raise ValueError(f"dim={config.dim} must be divisible by heads={config.heads} and by 4 (2D positions)")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from course_lib.models._common import check_images, check_positive
+from course_lib.models._common import check_images, check_patched_image_config
 from course_lib.models.image_tokens import unpatchify
 from course_lib.nn import MLP, MultiHeadAttention, sinusoidal_table_2d
 
@@ -61,12 +61,8 @@ class DiTConfig:
         if self.long_skips and (self.conditioning != "in-context" or self.depth % 2 == 0):
             raise ValueError(f"long_skips=True is U-ViT's design: it needs conditioning='in-context' and an odd depth "
                              f"(a middle block); got {self.conditioning!r} and depth={self.depth}")
-        for name in ("image_size", "patch_size", "channels", "dim", "depth", "heads", "num_classes", "frequency_dim"):
-            check_positive(name, getattr(self, name))
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
-        if self.dim % self.heads or self.dim % 4:
-            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads} and by 4 (2D positions)")
+        check_patched_image_config(self, "image_size", "patch_size", "channels", "dim", "depth", "heads", "num_classes",
+                                   "frequency_dim")
 
     @property
     def grid(self) -> int:

@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from course_lib.data.captions import VOCAB
-from course_lib.models._common import check_images, check_positive
+from course_lib.models._common import check_images, check_patched_image_config
 from course_lib.models.dit import DiTBlock, init_weights, modulate, timestep_embedding
 from course_lib.models.image_tokens import unpatchify
 from course_lib.nn import MultiHeadAttention, scaled_dot_product_attention, sinusoidal_table_2d
@@ -46,13 +46,8 @@ class MMDiTConfig:
     frequency_dim: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "channels", "dim", "depth", "heads", "vocab_size", "text_length",
-                     "frequency_dim"):
-            check_positive(name, getattr(self, name))
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
-        if self.dim % self.heads or self.dim % 4:
-            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads} and by 4 (2D positions)")
+        check_patched_image_config(self, "image_size", "patch_size", "channels", "dim", "depth", "heads", "vocab_size",
+                                   "text_length", "frequency_dim")
 
 
 def joint_attention(image: Tensor, text: Tensor, image_attn: MultiHeadAttention,

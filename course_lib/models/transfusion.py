@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from course_lib.data.captions import EOT, PAD, SOT, VOCAB
 from course_lib.diffusion import FLOW_TIME_SCALE, flow_pair
-from course_lib.models._common import check_images, check_positive
+from course_lib.models._common import check_images, check_patched_image_config
 from course_lib.models.dit import timestep_embedding
 from course_lib.models.image_tokens import patchify, unpatchify
 from course_lib.models.unified import caption_loss
@@ -52,13 +52,8 @@ class TransfusionConfig:
     frequency_dim: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "text_length", "image_size", "patch_size", "channels", "dim", "depth", "heads",
-                     "frequency_dim"):
-            check_positive(name, getattr(self, name))
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size={self.image_size} is not divisible by patch_size={self.patch_size}")
-        if self.dim % self.heads or self.dim % 4:
-            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads} and by 4 (2D positions)")
+        check_patched_image_config(self, "vocab_size", "text_length", "image_size", "patch_size", "channels", "dim",
+                                   "depth", "heads", "frequency_dim")
 
     @property
     def patches(self) -> int:
