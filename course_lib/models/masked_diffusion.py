@@ -130,9 +130,7 @@ class MaskedDiffusion(nn.Module):
             confidence = confidence.masked_fill(~hidden, -1.0)  # only hidden tokens compete
             still_hidden = (to_fill.float() * math.cos(math.pi / 2 * round_ / rounds)).floor().long()
             reveal = hidden.sum(dim=1) - still_hidden  # how many to reveal this round, per example
-            order = confidence.argsort(dim=1, descending=True)
-            rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
-                                                    .expand_as(order).contiguous())
+            rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)  # 0: the most confident
             chosen = hidden & (rank < reveal[:, None])
             tokens = torch.where(chosen, drawn, tokens)
             hidden = hidden & ~chosen

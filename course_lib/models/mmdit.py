@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -145,7 +146,7 @@ class MMDiT(nn.Module):
         condition = self.time_mlp(timestep_embedding(times, self.config.frequency_dim)) + self.pool(text.mean(dim=1))
         for block in self.blocks:
             image, text = block(image, text, condition)
-        shift, scale = self.final_modulation(torch.nn.functional.silu(condition)).chunk(2, dim=-1)
+        shift, scale = self.final_modulation(F.silu(condition)).chunk(2, dim=-1)
         grid = self.config.image_size // self.config.patch_size
         return unpatchify(self.to_patches(modulate(self.final_norm(image), shift, scale)), self.config.patch_size,
                           (grid, grid))

@@ -59,9 +59,7 @@ def next_scale_inputs(quantizer: MultiScaleVQ, codes: list[Tensor]) -> Tensor:
     `codes`, averaged down to that scale, its positions row by row. With the codes of the first k scales, the
     inputs of scales 1..k."""
     inputs = []
-    for k in range(1, len(codes) + 1):
-        if k == len(quantizer.scales):
-            break
+    for k in range(1, min(len(codes), len(quantizer.scales) - 1) + 1):
         so_far = quantizer.lookup(codes[:k])  # (B, D, H, W)
         inputs.append(rearrange(F.adaptive_avg_pool2d(so_far, quantizer.scales[k]), "b d h w -> b (h w) d"))
     return torch.cat(inputs, dim=1)
