@@ -26,7 +26,7 @@ from course_lib.data.captions import VOCAB
 from course_lib.models._common import check_positive
 from course_lib.nn import LayerNorm, TransformerBlock
 
-__all__ = ["MaskedDiffusion", "MaskedDiffusionConfig"]
+__all__ = ["MaskedDiffusion", "MaskedDiffusionConfig", "most_confident"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,18 @@ class MaskedDiffusionConfig:
 def _hidden_cross_entropy(logits: Tensor, targets: Tensor, hidden: Tensor) -> Tensor:
     """Cross-entropy over the hidden positions only (zero, with a gradient path, when none is hidden)."""
     return F.cross_entropy(logits[hidden], targets[hidden]) if hidden.any() else logits.sum() * 0
+
+
+def most_confident(confidence: Tensor, hidden: Tensor, count: Tensor) -> Tensor:
+    """(B, L) boolean: in each row b, the `count[b]` hidden positions of highest `confidence` (B, L) (MaskGIT's
+    choice of which draws to keep). Positions not hidden are never chosen."""
+    if confidence.shape != hidden.shape or hidden.dtype != torch.bool or count.shape != confidence.shape[:1]:
+        raise ValueError(f"confidence {tuple(confidence.shape)} and boolean hidden {tuple(hidden.shape)} must have one "
+                         f"shape (B, L) and count one entry per row; got hidden {hidden.dtype}, count "
+                         f"{tuple(count.shape)}")
+    competing = confidence.masked_fill(~hidden, float("-inf"))
+    rank = competing.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # 0: the most confident
+    return hidden & (rank < count[:, None])
 
 
 class MaskedDiffusion(nn.Module):
@@ -91,10 +103,17 @@ class MaskedDiffusion(nn.Module):
         x = self.norm(x)
         return self.to_words(x[:, : self.config.text_length]), self.to_codes(x[:, self.config.text_length:])
 
-    def loss(self, text: Tensor, codes: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(word loss, code loss): each example draws a noise level per modality, uniform in [0, 1], hides each of
-        its tokens with that probability, and the cross-entropy is taken over the hidden ones."""
-        rates = torch.rand(len(text), 2, generator=generator).to(text.device)  # (text, image) noise levels
+    def loss(self, text: Tensor, codes: Tensor, generator: torch.Generator,
+             rates: tuple[float, float] | None = None) -> tuple[Tensor, Tensor]:
+        """(word loss, code loss): each example draws a noise level per modality, uniform in [0, 1] (or takes the
+        fixed (text, image) `rates`), hides each of its tokens with that probability, and the cross-entropy is
+        taken over the hidden ones."""
+        if rates is None:
+            rates = torch.rand(len(text), 2, generator=generator).to(text.device)  # (text, image) noise levels
+        elif len(rates) != 2 or not all(0 <= r <= 1 for r in rates):
+            raise ValueError(f"rates={rates!r} must be two noise levels (text, image) in [0, 1]")
+        else:
+            rates = torch.tensor([rates], device=text.device).expand(len(text), 2)
         hidden_text = torch.rand(text.shape, generator=generator).to(text.device) < rates[:, :1]
         hidden_codes = torch.rand(codes.shape, generator=generator).to(codes.device) < rates[:, 1:]
         word_logits, code_logits = self(text.masked_fill(hidden_text, self.text_mask),
@@ -103,21 +122,27 @@ class MaskedDiffusion(nn.Module):
 
     @torch.no_grad()
     def generate(self, text: Tensor, codes: Tensor, *, rounds: int = 8, temperature: float = 1.0,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                 guidance: float = 1.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """`text` and `codes` with every [MASK] filled in over `rounds` rounds: each round draws every hidden token
         at `temperature` and keeps the most confident draws, leaving cos(π/2 · round/rounds) of the hidden tokens
         hidden. Given tokens never change, so hiding the caption captions the image and hiding the codes draws
-        the caption."""
-        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1 or not temperature > 0:
-            raise ValueError(f"rounds={rounds!r} must be a positive int and temperature={temperature!r} > 0")
+        the caption. With `guidance` w != 1 the logits are u + w (c − u), c read with the given tokens and u with
+        every given token hidden (classifier-free guidance: the model has learned both, since a modality's noise
+        level is sometimes near 1)."""
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1 or not temperature > 0 \
+                or not guidance >= 0:
+            raise ValueError(f"rounds={rounds!r} must be a positive int, temperature={temperature!r} > 0 and "
+                             f"guidance={guidance!r} >= 0")
         self._check(text, codes)
         generator = generator or torch.Generator().manual_seed(0)
         length = self.config.text_length
         tokens = torch.cat([text, codes + (self.config.text_vocab + 1)], dim=1)  # one id space: words, then codes
         hidden = torch.cat([text == self.text_mask, codes == self.image_mask], dim=1)
-        to_fill = hidden.sum(dim=1)
+        to_fill, given = hidden.sum(dim=1), ~hidden  # the condition: tokens given, not drawn
+        all_hidden = torch.cat([torch.full_like(text, self.text_mask),
+                                torch.full_like(codes, self.image_mask + self.config.text_vocab + 1)], dim=1)
         for round_ in range(1, rounds + 1):
-            word_logits, code_logits = self(tokens[:, :length], tokens[:, length:] - (self.config.text_vocab + 1))
+            word_logits, code_logits = self._guided_logits(tokens, torch.where(given, all_hidden, tokens), guidance)
             drawn, confidence = [], []
             for logits, offset in ((word_logits, 0), (code_logits, self.config.text_vocab + 1)):
                 probabilities = torch.softmax(logits / temperature, dim=-1)
@@ -127,11 +152,18 @@ class MaskedDiffusion(nn.Module):
                 drawn.append(choice + offset)
                 confidence.append(probabilities.gather(-1, choice[..., None])[..., 0])
             drawn, confidence = torch.cat(drawn, dim=1), torch.cat(confidence, dim=1)
-            confidence = confidence.masked_fill(~hidden, -1.0)  # only hidden tokens compete
             still_hidden = (to_fill.float() * math.cos(math.pi / 2 * round_ / rounds)).floor().long()
-            reveal = hidden.sum(dim=1) - still_hidden  # how many to reveal this round, per example
-            rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)  # 0: the most confident
-            chosen = hidden & (rank < reveal[:, None])
+            chosen = most_confident(confidence, hidden, hidden.sum(dim=1) - still_hidden)
             tokens = torch.where(chosen, drawn, tokens)
             hidden = hidden & ~chosen
         return tokens[:, :length], tokens[:, length:] - (self.config.text_vocab + 1)
+
+    def _guided_logits(self, tokens: Tensor, unconditioned: Tensor, guidance: float) -> tuple[Tensor, Tensor]:
+        """(word logits, code logits) of `tokens` (words, then codes shifted past the word ids), guided away from
+        those of `unconditioned` (the same tokens with the condition hidden) when `guidance` != 1."""
+        offset, length = self.config.text_vocab + 1, self.config.text_length
+        if guidance == 1:
+            return self(tokens[:, :length], tokens[:, length:] - offset)
+        both = torch.cat([tokens, unconditioned])
+        words, codes = self(both[:, :length], both[:, length:] - offset)
+        return tuple(u + guidance * (c - u) for c, u in (words.chunk(2), codes.chunk(2)))
