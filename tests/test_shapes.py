@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch.utils.data import DataLoader
 
 from course_lib.data import load, shapes
-from course_lib.viz.scenes import show_scenes
+from course_lib.viz.scenes import picture_grid, show_scenes
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +243,31 @@ def test_show_scenes_returns_a_figure(plain):
     plt.close(figure)
     with pytest.raises(ValueError, match="scenes is empty"):
         show_scenes([])
+
+
+def test_picture_grid_lays_out_rows():
+    pictures = torch.linspace(-1, 1, 12 * 3 * 4 * 4).reshape(12, 3, 4, 4)
+    figure = picture_grid(pictures, 3, "twelve", ["a", "b", "c"])
+    image = figure.axes[0].get_images()[0].get_array()
+    assert image.shape == (3 * 4, 4 * 4, 3)  # 3 rows of 4 pictures, each 4 x 4
+    assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["a", "b", "c"]
+    plt.close(figure)
+    with pytest.raises(ValueError, match="rows=0"):
+        picture_grid(pictures, 0, "none")
+    with pytest.raises(ValueError, match="row_names"):
+        picture_grid(pictures, 3, "names", ["a"])
+
+
+# --- one-object scenes for the generators (notebooks 21-22) -------------------------------------
+
+def test_one_object_scenes_keep_three_colours_and_label_shape_times_colour():
+    images, labels, captions = shapes.one_object_scenes("train", 200)
+    names = shapes.one_object_classes(3)
+    assert len(names) == 12 and names[:3] == ["red circle", "green circle", "blue circle"]
+    assert images.shape[1:] == (3, 16, 16) and images.min() >= -1 and images.max() <= 1
+    assert 50 < len(images) == len(labels) == len(captions) < 200  # about half the scenes are in other colours
+    for label, caption in zip(labels.tolist(), captions):
+        colour, shape = names[label].split()
+        assert caption.startswith(f"a large {colour} ") and caption.endswith(shape)
+    with pytest.raises(ValueError, match="colours=7"):
+        shapes.one_object_scenes("train", 10, colours=7)

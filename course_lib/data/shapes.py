@@ -413,3 +413,22 @@ def load_shapes(split: str, n: int = 1000, size: int = 32, seed: int = 0, max_ob
              for start in range(0, n, chunk)]
     batch = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
     return ShapesDataset(batch, task, split)
+
+
+def one_object_classes(colours: int = 3) -> list[str]:
+    """Names of the classes of `one_object_scenes`: every shape in the first `colours` colours, class id
+    shape · colours + colour."""
+    if isinstance(colours, bool) or not isinstance(colours, int) or not 1 <= colours <= len(COLOURS):
+        raise ValueError(f"colours={colours!r} must be an int from 1 to {len(COLOURS)}")
+    return [f"{colour} {shape}" for shape in SHAPES for colour in COLOURS[:colours]]
+
+
+def one_object_scenes(split: str, n: int, *, size: int = 16, colours: int = 3) -> tuple[Tensor, Tensor, list[str]]:
+    """Scenes with one large object whose colour is among the first `colours`, for the generators of notebooks
+    21-22: (images in [-1, 1], class ids shape · colours + colour, captions). Of `n` scenes rendered, those in
+    other colours are left out (about half for colours=3)."""
+    one_object_classes(colours)  # checks colours
+    scenes = load_shapes(split, n=n, size=size, max_objects=1, task="shape")
+    shape, colour = scenes.batch["shape"][:, 0], scenes.batch["colour"][:, 0]
+    keep = (colour < colours).nonzero().flatten()
+    return scenes.images[keep] * 2 - 1, (shape * colours + colour)[keep], [scenes[int(i)].caption for i in keep]

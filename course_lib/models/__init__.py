@@ -52,6 +52,7 @@ from course_lib.models.hierarchical import (
 )
 from course_lib.models.hybrid import Hybrid, HybridConfig
 from course_lib.models.image_tokens import MaskedTokenConfig, MaskedTokenModel, PatchTokenizer
+from course_lib.models.judge import ConvJudge, conditional_accuracy
 from course_lib.models.mae import ConvMAE, ConvMAEConfig, MAEConfig, MaskedAutoencoder
 from course_lib.models.mamba import Mamba, MambaConfig
 from course_lib.models.masked_diffusion import MaskedDiffusion, MaskedDiffusionConfig
@@ -101,8 +102,8 @@ __all__ = [
     "MultiResolution", "MultiScaleConfig", "MultiScaledEmbedding", "PatchTST", "PatchTSTConfig", "SAMformer",
     "CLIP", "CLIPConfig", "clip_loss", "recall_at_k", "zero_shot_classify", "FusionConfig", "FusionModel", "UnifiedConfig",
     "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig", "DiT", "DiTConfig", "MMDiT", "MMDiTConfig", "Transfusion", "TransfusionConfig", "MaskedDiffusion", "MaskedDiffusionConfig",
-    "NextScaleConfig", "NextScaleTransformer", "FieldTransformer",
-    "FieldTransformerConfig",
+    "NextScaleConfig", "NextScaleTransformer", "FieldTransformer", "FieldTransformerConfig", "ConvJudge",
+    "conditional_accuracy",
     "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
     "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "LinearForecaster", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",
     "MaxViTConfig", "MBLM", "MBLMConfig", "MultiMAE", "MultiMAEConfig", "MultiScaleTransformer", "MultiScaleTransformerConfig", "MViT",

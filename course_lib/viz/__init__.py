@@ -7,7 +7,7 @@ from course_lib.viz.attention import (
     model_attention,
 )
 from course_lib.viz.curves import read_metrics, training_curves
-from course_lib.viz.scenes import show_scenes
+from course_lib.viz.scenes import picture_grid, show_scenes
 
-__all__ = ["attention_heads", "attention_layers", "attention_rollout", "model_attention", "read_metrics", "show_scenes",
-           "training_curves"]
+__all__ = ["attention_heads", "attention_layers", "attention_rollout", "model_attention", "picture_grid", "read_metrics",
+           "show_scenes", "training_curves"]

@@ -50,3 +50,22 @@ def show_scenes(scenes: Iterable, *, masks: bool = True, cols: int | None = None
             axes[row + 1, col].set_title("semantic mask", fontsize=7)
     figure.tight_layout()
     return figure
+
+
+def picture_grid(pictures, rows: int, title: str, row_names: list[str] | None = None) -> Figure:
+    """Generated or real pictures (N, C, H, W) in [-1, 1] as a grid of `rows` rows (a whole number of pictures per
+    row; the rest is left out), each row labelled by `row_names` if given (notebooks 21-22)."""
+    if not isinstance(rows, int) or isinstance(rows, bool) or not 1 <= rows <= len(pictures):
+        raise ValueError(f"rows={rows!r} must be an int from 1 to the number of pictures ({len(pictures)})")
+    if row_names is not None and len(row_names) != rows:
+        raise ValueError(f"row_names has {len(row_names)} names for rows={rows}")
+    side = pictures.shape[-2]
+    shown = ((pictures.clamp(-1, 1) + 1) / 2)[: len(pictures) // rows * rows]
+    grid = rearrange(shown, "(r c) ch h w -> (r h) (c w) ch", r=rows)
+    cell = 0.45 if rows > 4 else 0.8  # inches per picture: few rows get larger pictures
+    figure, ax = plt.subplots(figsize=(grid.shape[1] / side * cell + 1.5, rows * cell + 0.6), layout="constrained")
+    ax.imshow(grid.numpy(), interpolation="nearest")
+    ax.set_xticks([]), ax.grid(False)
+    ax.set_yticks([side * r + side // 2 for r in range(rows)] if row_names else [], row_names or [], fontsize=7)
+    ax.set_title(title, fontsize=10)
+    return figure
