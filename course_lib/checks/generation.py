@@ -6,6 +6,8 @@ The references are the packaged functions of `course_lib.nn` and `course_lib.mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -127,28 +129,27 @@ def _scale_cases() -> list[Case]:
     return cases
 
 
-def _inputs_from_previous_scale_only(quantizer: MultiScaleVQ, codes: list[Tensor]) -> Tensor:
-    inputs = []
-    for k in range(1, min(len(codes), len(quantizer.scales) - 1) + 1):
-        previous = rearrange(quantizer.quantizer.lookup(codes[k - 1]), "b h w d -> b d h w")
-        inputs.append(rearrange(F.interpolate(previous, size=quantizer.scales[k], mode="bilinear"), "b d h w -> b (h w) d"))
-    return torch.cat(inputs, dim=1)
+def _inputs_built_by(one_scale) -> Callable[[MultiScaleVQ, list[Tensor]], Tensor]:
+    """A wrong next_scale_inputs that builds scale k's (B, s_k², D) input with `one_scale(quantizer, codes, k)`."""
+    def inputs(quantizer: MultiScaleVQ, codes: list[Tensor]) -> Tensor:
+        last = min(len(codes), len(quantizer.scales) - 1)
+        return torch.cat([one_scale(quantizer, codes, k) for k in range(1, last + 1)], dim=1)
+    return inputs
 
 
-def _inputs_by_nearest(quantizer: MultiScaleVQ, codes: list[Tensor]) -> Tensor:
-    inputs = []
-    for k in range(1, min(len(codes), len(quantizer.scales) - 1) + 1):
-        so_far = F.interpolate(quantizer.lookup(codes[:k]), size=quantizer.scales[k], mode="nearest")
-        inputs.append(rearrange(so_far, "b d h w -> b (h w) d"))
-    return torch.cat(inputs, dim=1)
+def _previous_scale_only(quantizer: MultiScaleVQ, codes: list[Tensor], k: int) -> Tensor:
+    previous = rearrange(quantizer.quantizer.lookup(codes[k - 1]), "b h w d -> b d h w")
+    return rearrange(F.interpolate(previous, size=quantizer.scales[k], mode="bilinear"), "b d h w -> b (h w) d")
 
 
-def _inputs_column_major(quantizer: MultiScaleVQ, codes: list[Tensor]) -> Tensor:
-    inputs = []
-    for k in range(1, min(len(codes), len(quantizer.scales) - 1) + 1):
-        so_far = F.adaptive_avg_pool2d(quantizer.lookup(codes[:k]), quantizer.scales[k])
-        inputs.append(rearrange(so_far, "b d h w -> b (w h) d"))
-    return torch.cat(inputs, dim=1)
+def _picked_by_nearest(quantizer: MultiScaleVQ, codes: list[Tensor], k: int) -> Tensor:
+    so_far = F.interpolate(quantizer.lookup(codes[:k]), size=quantizer.scales[k], mode="nearest")
+    return rearrange(so_far, "b d h w -> b (h w) d")
+
+
+def _column_major(quantizer: MultiScaleVQ, codes: list[Tensor], k: int) -> Tensor:
+    so_far = F.adaptive_avg_pool2d(quantizer.lookup(codes[:k]), quantizer.scales[k])
+    return rearrange(so_far, "b d h w -> b (w h) d")
 
 
 next_scale_inputs = FunctionChecker(
@@ -156,11 +157,11 @@ next_scale_inputs = FunctionChecker(
     reference_next_scale_inputs,
     _scale_cases,
     mistakes=[
-        (_inputs_from_previous_scale_only, "each input holds only the previous scale's codewords; it must hold "
+        (_inputs_built_by(_previous_scale_only), "each input holds only the previous scale's codewords; it must hold "
          "everything drawn so far: quantizer.lookup(codes[:k]) sums the upsampled codewords of scales 0..k-1."),
-        (_inputs_by_nearest, "the latent map is resampled by picking pixels; average it down to scale k's size "
+        (_inputs_built_by(_picked_by_nearest), "the latent map is resampled by picking pixels; average it down to scale k's size "
          "(F.adaptive_avg_pool2d), so that each input sums up the area its token covers."),
-        (_inputs_column_major, "the positions are read column by column; the tokens of a scale go row by row "
+        (_inputs_built_by(_column_major), "the positions are read column by column; the tokens of a scale go row by row "
          "(rearrange 'b d h w -> b (h w) d')."),
     ],
     hint="for k in 1 .. min(len(codes), len(scales) - 1): so_far = quantizer.lookup(codes[:k]); pool it to "
