@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["count_attention_flops", "count_flops", "loglog_slope", "peak_memory", "time_call"]
+__all__ = ["count_attention_flops", "count_flops", "loglog_slope", "peak_memory", "peak_training_memory", "time_call"]
 
 
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -117,6 +117,18 @@ def peak_memory(function: Callable, *args: Any, **kwargs: Any) -> int:
     same moment; the inputs, and tensors that existed before the call, are not counted."""
     tracker = _TensorMemory()
     with _inference(function), tracker:
+        result = function(*args, **kwargs)
+    del result
+    return tracker.peak
+
+
+def peak_training_memory(function: Callable, *args: Any, **kwargs: Any) -> int:
+    """Like `peak_memory`, with gradients on and modules left in their mode: for a training step (forward and
+    backward), whose peak is set by the activations the forward pass saves for the backward one."""
+    if not callable(function):
+        raise ValueError(f"function={function!r} is not callable")
+    tracker = _TensorMemory()
+    with torch.enable_grad(), tracker:
         result = function(*args, **kwargs)
     del result
     return tracker.peak
