@@ -80,6 +80,17 @@ def test_training_is_deterministic_and_learns_a_repeating_stream(factory):
     assert history["val"][-1][1] < 0.3 * before and not first.training
 
 
+def test_mixed_precision_trains_like_full_precision():
+    """bf16 autocast keeps the weights in float32 and lands close to the float32 run on the same batches."""
+    stream = torch.arange(400) % 5
+    full, mixed = _gpt(), _gpt()
+    fit_language_model(full, stream, length=16, steps=60, lr=1e-2, batch=8, seed=3)
+    history = fit_language_model(mixed, stream, length=16, steps=60, lr=1e-2, batch=8, seed=3, autocast=torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in mixed.parameters())
+    assert history["train"][-1] < 0.3 * history["train"][0]
+    assert abs(bits_per_token(mixed, stream, length=16) - bits_per_token(full, stream, length=16)) < 0.1
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda m: fit_language_model(m, torch.zeros(10, dtype=torch.long), length=16, steps=5, lr=1e-3),
      "length=16 does not fit"),
@@ -92,6 +103,8 @@ def test_training_is_deterministic_and_learns_a_repeating_stream(factory):
     (lambda m: fit_language_model(m, torch.zeros(40, dtype=torch.long), length=16, steps=5, lr=1e-3, every=-1),
      "every=-1"),
     (lambda m: bits_per_token(m, torch.zeros(2, 3, 16, dtype=torch.long), length=16), "1-D stream or 2-D rows"),
+    (lambda m: fit_language_model(m, torch.zeros(40, dtype=torch.long), length=16, steps=5, lr=1e-3,
+                                  autocast=torch.float64), "autocast=torch.float64"),
 ])
 def test_bad_input_is_refused_before_any_work(call, message):
     model = _gpt()

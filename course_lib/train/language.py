@@ -90,13 +90,16 @@ def bits_per_token(model: nn.Module, data: Tensor, *, length: int, batch: int = 
 def fit_language_model(model: nn.Module, data: Tensor, *, length: int, steps: int, lr: float, batch: int = 32,
                        seed: int = 0, weight_decay: float = 0.1, device: torch.device | str | None = None,
                        val_data: Tensor | None = None, every: int = 0,
-                       extra_loss: Callable[[], Tensor] | None = None) -> dict[str, list]:
+                       extra_loss: Callable[[], Tensor] | None = None,
+                       autocast: torch.dtype | None = None) -> dict[str, list]:
     """Train `model` in place on random windows; returns {"train": nats per step, "seconds": wall-clock seconds
     of training (held-out scoring excluded) at the end of each step, "val": [(step, bits per token)]}.
 
     With `val_data` and `every` > 0, the held-out score is taken every `every` steps and after the last one.
     `extra_loss()`, called after each forward pass, is added to the loss that trains (not to the one recorded):
     an auxiliary loss the model computes on the way, such as a mixture of experts' balancing loss.
+    `autocast` (torch.bfloat16 or torch.float16) runs each forward pass in mixed precision: matrix products in that
+    type, the weights, their gradients and the optimiser in float32.
     """
     _check_data(data, length)
     if val_data is not None:
@@ -106,6 +109,8 @@ def fit_language_model(model: nn.Module, data: Tensor, *, length: int, steps: in
     _check_positive("lr", lr, float)
     if extra_loss is not None and not callable(extra_loss):
         raise ValueError(f"extra_loss={extra_loss!r} is not callable; expected a function of no arguments -> scalar")
+    if autocast not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast={autocast!r}; expected None, torch.bfloat16 or torch.float16")
     if isinstance(every, bool) or not isinstance(every, int) or every < 0:
         raise ValueError(f"every={every!r}; expected an integer >= 0 (0: no held-out curve)")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -116,7 +121,8 @@ def fit_language_model(model: nn.Module, data: Tensor, *, length: int, steps: in
     model.to(device).train()
     started = time.perf_counter()  # moved forward by the time held-out scoring takes, which is not training
     for step in range(1, steps + 1):
-        loss = windows_loss(model, _random_windows(data, length, batch, generator).long().to(device))
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = windows_loss(model, _random_windows(data, length, batch, generator).long().to(device))
         optimizer.zero_grad(set_to_none=True)
         (loss if extra_loss is None else loss + extra_loss()).backward()
         optimizer.step()
