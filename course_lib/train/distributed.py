@@ -116,7 +116,7 @@ def train(strategy: str, *, processes: int, steps: int, global_batch: int = 16, 
     module = ShardableLanguageModel(config, lr=lr, seed=seed, shard=strategy == "fsdp")
     trainer = L.Trainer(accelerator="cpu", devices=processes, strategy=_strategy(strategy, processes),
                         max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, use_distributed_sampler=False, deterministic=True)
+                        enable_model_summary=False, use_distributed_sampler=False)
     trainer.fit(module, datamodule=InterleavedBatches(windows, global_batch))
     weights = module.full_state_dict()
     return {"weights": weights, "losses": module.losses, "parameters_held": module.parameters_held(),
