@@ -112,14 +112,20 @@ class _TensorMemory(TorchDispatchMode):
         return out
 
 
-def peak_memory(function: Callable, *args: Any, **kwargs: Any) -> int:
-    """The most bytes of tensors created by `function(*args, **kwargs)` (run in inference) that are alive at the
-    same moment; the inputs, and tensors that existed before the call, are not counted."""
+def _tracked_peak(function: Callable, *args: Any, **kwargs: Any) -> int:
+    """The most bytes of tensors that `function(*args, **kwargs)` creates alive at one moment."""
     tracker = _TensorMemory()
-    with _inference(function), tracker:
+    with tracker:
         result = function(*args, **kwargs)
     del result
     return tracker.peak
+
+
+def peak_memory(function: Callable, *args: Any, **kwargs: Any) -> int:
+    """The most bytes of tensors created by `function(*args, **kwargs)` (run in inference) that are alive at the
+    same moment; the inputs, and tensors that existed before the call, are not counted."""
+    with _inference(function):
+        return _tracked_peak(function, *args, **kwargs)
 
 
 def peak_training_memory(function: Callable, *args: Any, **kwargs: Any) -> int:
@@ -127,11 +133,8 @@ def peak_training_memory(function: Callable, *args: Any, **kwargs: Any) -> int:
     backward), whose peak is set by the activations the forward pass saves for the backward one."""
     if not callable(function):
         raise ValueError(f"function={function!r} is not callable")
-    tracker = _TensorMemory()
-    with torch.enable_grad(), tracker:
-        result = function(*args, **kwargs)
-    del result
-    return tracker.peak
+    with torch.enable_grad():
+        return _tracked_peak(function, *args, **kwargs)
 
 
 def time_call(function: Callable, *args: Any, repeats: int = 5, warmup: int = 1, threads: int | None = None,

@@ -3,26 +3,17 @@ one process reading the whole batch, and FSDP stores half the parameters per pro
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from course_lib.train.distributed import train
+from course_lib.train.distributed import train, train_in_processes
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distributed")
-    results = {}
-    for strategy, processes in (("single", 1), ("ddp", 2), ("fsdp", 2)):
-        out = folder / f"{strategy}.pt"
-        subprocess.run([sys.executable, "-m", "course_lib.train.distributed", "--strategy", strategy, "--processes",
-                        str(processes), "--steps", "6", "--out", str(out)], check=True, timeout=300,
-                       capture_output=True, cwd=folder)
-        results[strategy] = torch.load(out)
-    return results
+    return {strategy: train_in_processes(strategy, processes=processes, steps=6, folder=folder, timeout=300)
+            for strategy, processes in (("single", 1), ("ddp", 2), ("fsdp", 2))}
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from course_lib.data.captions import VOCAB
-from course_lib.models._common import check_positive
+from course_lib.diffusion import guide
+from course_lib.models._common import check_heads, check_positive
 from course_lib.nn import LayerNorm, TransformerBlock
 
 __all__ = ["MaskedDiffusion", "MaskedDiffusionConfig", "most_confident"]
@@ -46,8 +47,7 @@ class MaskedDiffusionConfig:
     def __post_init__(self) -> None:
         for name in ("text_vocab", "text_length", "image_vocab", "image_length", "dim", "depth", "heads"):
             check_positive(name, getattr(self, name))
-        if self.dim % self.heads:
-            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
+        check_heads(self.dim, self.heads)
 
 
 def _hidden_cross_entropy(logits: Tensor, targets: Tensor, hidden: Tensor) -> Tensor:
@@ -166,4 +166,4 @@ class MaskedDiffusion(nn.Module):
             return self(tokens[:, :length], tokens[:, length:] - offset)
         both = torch.cat([tokens, unconditioned])
         words, codes = self(both[:, :length], both[:, length:] - offset)
-        return tuple(u + guidance * (c - u) for c, u in (words.chunk(2), codes.chunk(2)))
+        return tuple(guide(c, u, guidance) for c, u in (words.chunk(2), codes.chunk(2)))

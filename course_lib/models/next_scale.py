@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from course_lib.models._common import check_positive, check_positive_ints
+from course_lib.diffusion import guide
+from course_lib.models._common import check_heads, check_positive, check_positive_ints
 from course_lib.nn import LayerNorm, TransformerBlock, mixed_modal_mask
 from course_lib.nn.quantize import MultiScaleVQ
 
@@ -46,8 +47,7 @@ class NextScaleConfig:
             raise ValueError(f"scales={self.scales!r} must be increasing")
         for name in ("codebook_size", "code_dim", "num_classes", "dim", "depth", "heads"):
             check_positive(name, getattr(self, name))
-        if self.dim % self.heads:
-            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
+        check_heads(self.dim, self.heads)
 
     @property
     def tokens(self) -> int:
@@ -132,7 +132,7 @@ class NextScaleTransformer(nn.Module):
                 logits = self(labels, inputs)
             else:
                 conditional, unconditional = self(torch.cat([labels, null]), torch.cat([inputs, inputs])).chunk(2)
-                logits = unconditional + guidance * (conditional - unconditional)
+                logits = guide(conditional, unconditional, guidance)
             probabilities = torch.softmax(logits[:, done: done + scale * scale] / temperature, dim=-1)
             drawn = torch.multinomial(rearrange(probabilities, "b n k -> (b n) k").cpu(), 1, generator=generator)
             codes.append(rearrange(drawn.to(labels.device), "(b h w) 1 -> b h w", b=len(labels), h=scale))

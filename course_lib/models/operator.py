@@ -19,7 +19,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from course_lib.models._common import check_positive
+from course_lib.models._common import check_heads, check_positive
 from course_lib.nn import TransformerEncoder
 
 __all__ = ["FieldTransformer", "FieldTransformerConfig", "fourier_features"]
@@ -41,8 +41,7 @@ class FieldTransformerConfig:
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "patch_size", "frequencies", "dim", "depth", "heads"):
             check_positive(name, getattr(self, name))
-        if self.dim % self.heads:
-            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}")
+        check_heads(self.dim, self.heads)
 
 
 def fourier_features(coordinates: Tensor, frequencies: int) -> Tensor:

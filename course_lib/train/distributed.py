@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -34,7 +36,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from course_lib.models.gpt import GPT, GPTConfig
 
-__all__ = ["STRATEGIES", "InterleavedBatches", "ShardableLanguageModel", "train"]
+__all__ = ["STRATEGIES", "InterleavedBatches", "ShardableLanguageModel", "train", "train_in_processes"]
 
 STRATEGIES = ("single", "ddp", "fsdp")
 
@@ -121,6 +123,17 @@ def train(strategy: str, *, processes: int, steps: int, global_batch: int = 16, 
     weights = module.full_state_dict()
     return {"weights": weights, "losses": module.losses, "parameters_held": module.parameters_held(),
             "parameters": sum(v.numel() for v in weights.values()), "rank": trainer.global_rank}
+
+
+def train_in_processes(strategy: str, *, processes: int, steps: int, folder: Path, seed: int = 0,
+                       timeout: float = 600) -> dict:
+    """`train` run as this module's script in a subprocess (where Lightning can start its processes, which a
+    notebook's kernel cannot host), its result read back from a file in `folder`."""
+    out = Path(folder) / f"{strategy}.pt"
+    subprocess.run([sys.executable, "-m", "course_lib.train.distributed", "--strategy", strategy, "--processes",
+                    str(processes), "--steps", str(steps), "--seed", str(seed), "--out", str(out)],
+                   check=True, capture_output=True, timeout=timeout)
+    return torch.load(out)
 
 
 def main() -> None:
