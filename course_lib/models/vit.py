@@ -211,14 +211,18 @@ class ViT(nn.Module):
 
         `interpolate=True` accepts any resolution divisible by the patch size (see `interpolate_positions`).
         """
+        x = self.embed(images, interpolate=interpolate)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)
+
+    def embed(self, images: Tensor, *, interpolate: bool = False) -> Tensor:
+        """The tokens the first block reads: (B, prefix + N, dim) patches with positions, the class token first."""
         grid = self._check_images(images, interpolate)
         x = self.patch_embed(images)  # (B, N, dim)
         if self.cls_token is not None:
             x = torch.cat([repeat(self.cls_token, "d -> b 1 d", b=x.shape[0]), x], dim=1)  # (B, 1 + N, dim)
-        x = self.embed_dropout(x + self.interpolate_positions(grid))
-        for block in self.blocks:
-            x = block(x)
-        return self.final_norm(x)
+        return self.embed_dropout(x + self.interpolate_positions(grid))
 
     def pool(self, tokens: Tensor) -> Tensor:
         """(B, T, dim) tokens -> (B, dim): the class token, or the mean of the patch tokens."""

@@ -7,6 +7,7 @@ from course_lib.nn.attention import (
     mixed_modal_mask,
     padding_mask,
     scaled_dot_product_attention,
+    transform_attention_weights,
 )
 from course_lib.nn.block import TransformerBlock, TransformerEncoder, deepnet_scales
 from course_lib.nn.efficient_attention import (
@@ -47,6 +48,6 @@ __all__ = [
     "SinusoidalPositionalEncoding2D", "TransformerBlock", "TransformerEncoder", "angle_between_positions",
     "block_mask", "causal_moving_average", "causal_mask", "mixed_modal_mask", "deepnet_scales", "gather_tokens", "glu_hidden", "haar_transform", "inverse_haar_transform",
     "linear_attention", "make_feedforward", "make_norm", "masked_count", "mra_attention", "multipole_attention",
-    "multirate_causal_average", "multirate_windows", "multiscale_mask", "padding_mask", "performer_attention", "random_masking", "rotate_half", "scale_schedule",
+    "multirate_causal_average", "multirate_windows", "multiscale_mask", "padding_mask", "performer_attention", "random_masking", "rotate_half", "scale_schedule", "transform_attention_weights",
     "scaled_dot_product_attention", "sinusoidal_table", "sinusoidal_table_2d", "visible_indices", "wavelet_space_attention",
 ]

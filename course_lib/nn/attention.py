@@ -7,7 +7,8 @@ query may attend to a key, and broadcasts to (batch, heads, queries, keys).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Literal
 
@@ -95,6 +96,23 @@ def _flash_suits(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: b
 # Set only inside `with course_lib.interpret.AttentionRecorder(model):`, like torch.no_grad's flag: a function that
 # receives every attention weight tensor computed meanwhile. None (the default) costs one lookup per call.
 WEIGHTS_RECORDER: ContextVar[Callable[[Tensor], None] | None] = ContextVar("attention_weights_recorder", default=None)
+# Set only inside `with transform_attention_weights(fn):`: every attention weight tensor computed meanwhile is
+# replaced by fn(weights) before it meets the values (a quantised softmax, say). None (the default) costs one lookup.
+WEIGHTS_TRANSFORM: ContextVar[Callable[[Tensor], Tensor] | None] = ContextVar("attention_weights_transform",
+                                                                             default=None)
+
+
+@contextmanager
+def transform_attention_weights(function: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Inside the block, every call of `scaled_dot_product_attention` takes the explicit path and multiplies the
+    values by `function(weights)` instead of the softmax weights: how notebook 25 quantises the softmax."""
+    if not callable(function):
+        raise ValueError(f"function={function!r} is not callable; expected weights -> weights")
+    token = WEIGHTS_TRANSFORM.set(function)
+    try:
+        yield
+    finally:
+        WEIGHTS_TRANSFORM.reset(token)
 
 
 def scaled_dot_product_attention(
@@ -117,7 +135,8 @@ def scaled_dot_product_attention(
     A query whose keys are all masked gets a zero output rather than NaN.
     On CUDA with Triton, `impl="fused"` without mask or dropout runs `course_lib.kernels.flash_attention`.
     While an `AttentionRecorder` is active (`WEIGHTS_RECORDER` set), every call takes the explicit path and hands
-    its weights to the recorder, whatever `impl` says.
+    its weights to the recorder, whatever `impl` says; inside `transform_attention_weights(fn)` it does too, and
+    uses fn(weights) in their place.
     """
     if q.shape[-1] != k.shape[-1] or k.shape[:-1] != v.shape[:-1]:
         raise ValueError(
@@ -133,8 +152,8 @@ def scaled_dot_product_attention(
         raise ValueError(f"dropout={dropout} must lie in [0, 1)")
     if impl == "fused" and return_weights:
         raise ValueError("return_weights=True needs impl='explicit': the fused kernel never forms them")
-    recorder = WEIGHTS_RECORDER.get()
-    if recorder is not None:  # inside `course_lib.interpret.AttentionRecorder`: form the weights and hand them over
+    recorder, transform = WEIGHTS_RECORDER.get(), WEIGHTS_TRANSFORM.get()
+    if recorder is not None or transform is not None:  # the weights must be formed to be recorded or transformed
         impl = "explicit"
     if grouped and impl == "explicit":  # each key/value head serves heads/kv_heads consecutive query heads
         k, v = (repeat(t, "... g s d -> ... (g r) s d", r=q.shape[-3] // k.shape[-3]) for t in (k, v))
@@ -165,6 +184,8 @@ def scaled_dot_product_attention(
     weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
     if mask is not None:
         weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # rows with no key: NaN -> 0
+    if transform is not None:
+        weights = transform(weights)
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout)
     out = weights @ v  # (..., Lq, d_v)
