@@ -5,8 +5,10 @@ grouped-query / multi-query attention (`kv_heads`), cross-layer KV sharing (`kv_
 as in "MLKV: Multi-Layer Key-Value Heads"), weight tying, and multi-rate structure on every block's
 output (`wavelet_levels`, as in "WaveletGPT: Wavelets Meet Large Language Models"; no parameters), and
 mixture-of-experts feed-forward layers in every other block (`moe_experts`, Switch Transformer's layout).
-`generate` samples with temperature and top-k, with or without a KV cache. `GPT.from_hf` copies
-the weights of a Hugging Face `GPT2LMHeadModel` or `LlamaForCausalLM` through an explicit key map.
+`generate` samples with temperature and top-k, with or without a KV cache. `segments` runs rows that hold
+several documents back to back (packed sequences, notebook 26): each token reads only its own document, whose
+positions start at 0. `GPT.from_hf` copies the weights of a Hugging Face `GPT2LMHeadModel` or
+`LlamaForCausalLM` through an explicit key map.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from course_lib.nn import (
     RotaryEmbedding,
     make_feedforward,
     make_norm,
+    rotate_half,
     scaled_dot_product_attention,
 )
 from course_lib.nn.multirate import multirate_causal_average
@@ -132,6 +135,47 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in (*self.keys.values(), *self.values.values()))
 
 
+def check_segments(segments: Tensor) -> None:
+    """Raise unless `segments` is a (B, L) integer tensor of document ids, non-decreasing along each row."""
+    if not isinstance(segments, Tensor) or segments.dim() != 2 or segments.is_floating_point() \
+            or segments.is_complex() or segments.dtype == torch.bool:
+        raise ValueError(f"segments must be a (batch, length) integer tensor of document ids; got "
+                         f"{getattr(segments, 'dtype', type(segments).__name__)} of shape "
+                         f"{tuple(getattr(segments, 'shape', ()))}")
+    if (segments[:, 1:] < segments[:, :-1]).any():
+        row = int((segments[:, 1:] < segments[:, :-1]).any(dim=1).nonzero()[0])
+        raise ValueError(f"segments must be non-decreasing along each row (one document after another); row {row} "
+                         f"is {segments[row].tolist()}")
+
+
+def document_mask(segments: Tensor) -> Tensor:
+    """(B, L) document ids -> (B, 1, L, L) boolean mask, True = may attend: causal, and within one's own document."""
+    check_segments(segments)
+    length = segments.shape[1]
+    earlier = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()  # (L, L)
+    same = rearrange(segments, "b q -> b q 1") == rearrange(segments, "b k -> b 1 k")  # (B, L, L)
+    return rearrange(same & earlier, "b q k -> b 1 q k")
+
+
+def document_positions(segments: Tensor) -> Tensor:
+    """(B, L) document ids -> (B, L) each token's position within its own document (0 at each document's start)."""
+    check_segments(segments)
+    index = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)  # (B, L)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, index, 0).cummax(dim=1).values  # the index where each token's document starts
+    return index - first
+
+
+def _rotate(rope: RotaryEmbedding, x: Tensor, offset: int, positions: Tensor | None) -> Tensor:
+    """Rotary positions offset, offset + 1, ... or, for packed documents, each token's own (B, T) `positions`."""
+    if positions is None:
+        return rope(x, offset)
+    cos = rearrange(rope.cos[positions], "b t d -> b 1 t d").to(x.dtype)
+    sin = rearrange(rope.sin[positions], "b t d -> b 1 t d").to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
 class CausalSelfAttention(nn.Module):
     """Causal attention with `heads` query heads sharing `kv_heads` key/value heads (GQA, MQA when 1).
 
@@ -149,18 +193,21 @@ class CausalSelfAttention(nn.Module):
         self.computes_kv = computes_kv
         self.to_out = nn.Linear(c.dim, c.dim, bias=c.bias)
 
-    def project_kv(self, x: Tensor, rope: RotaryEmbedding | None, offset: int) -> tuple[Tensor, Tensor]:
+    def project_kv(self, x: Tensor, rope: RotaryEmbedding | None, offset: int,
+                   positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         k = rearrange(self.to_k(x), "b t (g d) -> b g t d", g=self.kv_heads)
         v = rearrange(self.to_v(x), "b t (g d) -> b g t d", g=self.kv_heads)
-        return (rope(k, offset) if rope is not None else k), v
+        return (_rotate(rope, k, offset, positions) if rope is not None else k), v
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], rope: RotaryEmbedding | None, offset: int) -> Tensor:
-        """x (B, t, dim) at positions offset..offset+t-1; kv: keys and values of positions 0..offset+t-1."""
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], rope: RotaryEmbedding | None, offset: int,
+                mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        """x (B, t, dim) at positions offset..offset+t-1; kv: keys and values of positions 0..offset+t-1.
+        Packed documents: `mask` (B, 1, t, t) keeps each to itself, `positions` (B, t) restart at each one."""
         q = rearrange(self.to_q(x), "b t (h d) -> b h t d", h=self.heads)
         if rope is not None:
-            q = rope(q, offset)
+            q = _rotate(rope, q, offset, positions)
         k, v = kv  # (B, kv_heads, s, d): each serves heads / kv_heads consecutive query heads
-        out = scaled_dot_product_attention(q, k, v, causal=True, impl="fused",
+        out = scaled_dot_product_attention(q, k, v, mask, causal=True, impl="fused",
                                            dropout=self.dropout if self.training else 0.0)
         return self.to_out(rearrange(out, "b h t d -> b t (h d)"))
 
@@ -183,16 +230,18 @@ class GPTBlock(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, *, shared_kv: tuple[Tensor, Tensor] | None, rope: RotaryEmbedding | None,
-                offset: int, cache: KVCache | None, index: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                offset: int, cache: KVCache | None, index: int, mask: Tensor | None = None,
+                positions: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """Returns the updated residual stream and the keys and values it attended to, which the next
-        layers of its MLKV group reuse (`shared_kv` are those of the group's first layer)."""
+        layers of its MLKV group reuse (`shared_kv` are those of the group's first layer).
+        `mask` and `positions` are given only for packed documents (see `GPT.forward`'s `segments`)."""
         h = self.attn_norm(x)
         kv = shared_kv
         if self.attn.computes_kv:
-            kv = self.attn.project_kv(h, rope, offset)
+            kv = self.attn.project_kv(h, rope, offset, positions)
             if cache is not None:
                 kv = cache.update(index, *kv)
-        x = x + self.dropout(self.attn(h, kv, rope, offset))
+        x = x + self.dropout(self.attn(h, kv, rope, offset, mask, positions))
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         return x, kv
 
@@ -225,13 +274,21 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: Tensor, cache: KVCache | None = None, *, prefix: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, cache: KVCache | None = None, *, prefix: Tensor | None = None,
+                segments: Tensor | None = None) -> Tensor:
         """With a cache, `tokens` continue the sequence stored in it, and their keys and values are added.
 
         `prefix` (B, P, dim), embeddings that go before the tokens' (a vision-language bridge's image tokens), makes
-        the output (B, P + T, vocab_size): the tokens read the prefix, and positions count from its start."""
+        the output (B, P + T, vocab_size): the tokens read the prefix, and positions count from its start.
+
+        `segments` (B, T) integer document ids, non-decreasing along each row, packs several documents into a row:
+        a token reads only the earlier tokens of its own document, and positions restart at 0 at each document's
+        start, so each document's logits are those it gets alone. Not with a cache, a prefix or wavelet_levels."""
         if tokens.dim() != 2:
             raise ValueError(f"tokens has shape {tuple(tokens.shape)}; expected (batch, length)")
+        mask = positions = None
+        if segments is not None:
+            mask, positions = self._packing(tokens, segments, cache, prefix)
         if prefix is not None and (cache is not None or not isinstance(prefix, Tensor) or prefix.dim() != 3
                                    or prefix.shape[0] != tokens.shape[0] or prefix.shape[2] != self.config.dim):
             raise ValueError(f"prefix must be embeddings (batch={tokens.shape[0]}, length, dim={self.config.dim}), "
@@ -248,15 +305,28 @@ class GPT(nn.Module):
         if prefix is not None:
             x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, P + t, dim)
         if self.position is not None:
-            x = self.position(x, offset)
+            x = self.position(x, offset) if positions is None else x + self.position.weight[positions]
         kv = None
         for index, block in enumerate(self.blocks):
-            x, kv = block(x, shared_kv=kv, rope=self.rope, offset=offset, cache=cache, index=index)
+            x, kv = block(x, shared_kv=kv, rope=self.rope, offset=offset, cache=cache, index=index, mask=mask,
+                          positions=positions)
             if self.config.wavelet_levels:
                 x = multirate_causal_average(x, self.config.wavelet_levels)
         if cache is not None:
             cache.advance(tokens.shape[1])
         return self.head(self.final_norm(x))
+
+    def _packing(self, tokens: Tensor, segments: Tensor, cache: KVCache | None,
+                 prefix: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The (B, 1, T, T) document mask and (B, T) within-document positions of checked `segments`."""
+        if cache is not None or prefix is not None or self.config.wavelet_levels:
+            raise ValueError("segments (packed documents) cannot be combined with a cache, a prefix or "
+                             f"wavelet_levels > 0; got cache={cache is not None}, prefix={prefix is not None}, "
+                             f"wavelet_levels={self.config.wavelet_levels}")
+        if getattr(segments, "shape", None) != tokens.shape:
+            raise ValueError(f"segments has shape {tuple(getattr(segments, 'shape', ()))}; expected the tokens' "
+                             f"{tuple(tokens.shape)}")
+        return document_mask(segments), document_positions(segments)  # each checks dtype and order
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
