@@ -44,9 +44,9 @@ TOKEN_DATASETS = [*SEQUENCE_TASKS, "python_text"]  # the images (shapes, digits)
 
 
 def test_available_lists_every_dataset():
-    assert available() == sorted([*TOKEN_DATASETS, "burgers", "co2", "codec_tokens", "digits", "elnino", "listops", "macro",
-                                  "multiscale_series", "nile", "pathfinder", "photos", "shapes", "stdlib_packages",
-                                  "sunspots"])
+    assert available() == sorted([*TOKEN_DATASETS, "advection", "burgers", "co2", "codec_tokens", "digits", "elnino",
+                                  "heat", "listops", "macro", "multiscale_series", "nile", "pathfinder", "photos",
+                                  "shapes", "stdlib_packages", "sunspots"])
 
 
 @pytest.mark.parametrize("name", TOKEN_DATASETS)

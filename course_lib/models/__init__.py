@@ -71,6 +71,13 @@ from course_lib.models.multiscale_forecasting import (
 from course_lib.models.multiscale_text import MultiScaleTransformer, MultiScaleTransformerConfig
 from course_lib.models.next_scale import NextScaleConfig, NextScaleTransformer
 from course_lib.models.operator import FieldTransformer, FieldTransformerConfig
+from course_lib.models.operator_baselines import (
+    LinearOperator,
+    NearestNeighbour,
+    interpolate_to_grid,
+    periodic_interpolate,
+    relative_l2,
+)
 from course_lib.models.restoration import (
     ChannelAttention,
     HierarchicalWindows,
@@ -102,7 +109,8 @@ __all__ = [
     "MultiResolution", "MultiScaleConfig", "MultiScaledEmbedding", "PatchTST", "PatchTSTConfig", "SAMformer",
     "CLIP", "CLIPConfig", "clip_loss", "recall_at_k", "zero_shot_classify", "FusionConfig", "FusionModel", "UnifiedConfig",
     "UnifiedTransformer", "VisionLanguageBridge", "VQVAE", "VQVAEConfig", "DiT", "DiTConfig", "MMDiT", "MMDiTConfig", "Transfusion", "TransfusionConfig", "MaskedDiffusion", "MaskedDiffusionConfig",
-    "NextScaleConfig", "NextScaleTransformer", "FieldTransformer", "FieldTransformerConfig", "ConvJudge",
+    "NextScaleConfig", "NextScaleTransformer", "FieldTransformer", "FieldTransformerConfig", "LinearOperator",
+    "NearestNeighbour", "interpolate_to_grid", "periodic_interpolate", "relative_l2", "ConvJudge",
     "conditional_accuracy",
     "ColourClassifier", "ConvMAE", "ConvMAEConfig", "CrossFormer", "CrossFormerConfig", "CrossViT", "CrossViTConfig", "CvT", "CvTConfig", "EoMT", "EoMTConfig", "FlexiPatchEmbedding",
     "HierarchicalWindows", "LeWinBlock",     "FlexiViT", "GPT", "GPTConfig", "Hybrid", "HybridConfig", "KVCache", "LinearForecaster", "MAEConfig", "Mamba", "MambaConfig", "MaskedAutoencoder", "MaskedTokenConfig", "MaskedTokenModel", "MaxViT",

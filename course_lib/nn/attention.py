@@ -198,7 +198,9 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention: project to heads, attend in each, concatenate, project back.
 
     Self-attention by default; pass `context` for cross-attention. `rope`, when given, rotates
-    queries and keys by position before the dot product.
+    queries and keys by position before the dot product. `attention`, when given, replaces
+    `scaled_dot_product_attention`: a function of (q, k, v), each (B, heads, L, head_dim), such as
+    `functools.partial(multipole_attention, window=8, levels=2)`; it takes no mask and forms no weights.
     """
 
     def __init__(
@@ -210,14 +212,19 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         impl: Impl = "fused",
+        attention: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         if dim <= 0 or heads <= 0:
             raise ValueError(f"dim={dim} and heads={heads} must be positive")
         if dim % heads != 0:
             raise ValueError(f"dim={dim} is not divisible by heads={heads}")
+        if attention is not None and (not callable(attention) or dropout):
+            raise ValueError(f"attention={attention!r} with dropout={dropout}: expected a function of (q, k, v), "
+                             "and no attention dropout, which needs the weights it never forms")
         context_dim = dim if context_dim is None else context_dim
         self.heads, self.head_dim, self.dropout, self.impl = heads, dim // heads, dropout, impl
+        self.attention = attention
         self.to_q = nn.Linear(dim, dim, bias=bias)
         self.to_k = nn.Linear(context_dim, dim, bias=bias)
         self.to_v = nn.Linear(context_dim, dim, bias=bias)
@@ -240,6 +247,14 @@ class MultiHeadAttention(nn.Module):
         v = rearrange(self.to_v(context), "b l (h d) -> b h l d", h=self.heads)
         if rope is not None:
             q, k = rope(q), rope(k)
+        if self.attention is not None:
+            if mask is not None or causal or return_weights:
+                raise ValueError(f"this layer attends with attention={self.attention!r}, which takes no mask, no "
+                                 f"causal=True and no return_weights=True; got mask="
+                                 f"{None if mask is None else tuple(mask.shape)}, causal={causal}, "
+                                 f"return_weights={return_weights}")
+            out = self.attention(q, k, v)  # (B, heads, L, head_dim)
+            return self.to_out(rearrange(out, "b h l d -> b l (h d)"))
         impl = "explicit" if return_weights else self.impl
         result = scaled_dot_product_attention(
             q, k, v, mask, causal=causal, dropout=self.dropout if self.training else 0.0,

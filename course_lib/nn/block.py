@@ -11,6 +11,7 @@ Where the norms go decides how signals travel through depth:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 from torch import Tensor, nn
@@ -51,6 +52,9 @@ class TransformerBlock(nn.Module):
     pre-norm with an extra norm before each branch's output projection. `residual_scale` (α)
     multiplies the residual x; `init_gain` (β), when given, re-initialises every projection with
     Xavier-normal weights, the value, output and feed-forward ones with gain β (DeepNet's rule).
+    `attention`, when given, is the self-attention's function of (q, k, v) in place of softmax attention
+    (see `MultiHeadAttention`), without attention dropout (`dropout` then acts on the branches' outputs only);
+    the cross-attention keeps softmax.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class TransformerBlock(nn.Module):
         impl: Impl = "fused",
         residual_scale: float = 1.0,
         init_gain: float | None = None,
+        attention: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         if norm_position not in NORM_POSITIONS:
@@ -79,7 +84,8 @@ class TransformerBlock(nn.Module):
             raise ValueError(f"init_gain={init_gain!r} must be positive (or None for PyTorch's default init)")
         self.norm_position, self.residual_scale = norm_position, float(residual_scale)
         sub = norm_position == "sub"
-        self.attn = self._attention(dim, heads, norm, sub, dropout=dropout, impl=impl)
+        self.attn = self._attention(dim, heads, norm, sub, dropout=0.0 if attention is not None else dropout,
+                                    impl=impl, attention=attention)
         self.attn_norm = make_norm(norm, dim)
         if cross_attention:
             self.cross_attn = self._attention(dim, heads, norm, sub, dropout=dropout, impl=impl)
