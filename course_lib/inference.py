@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from course_lib.models._common import check_positive
 from course_lib.models.gpt import document_mask, document_positions
 from course_lib.models.vit import ViT
 
@@ -52,11 +53,6 @@ def _check_documents(documents: Sequence[Tensor]) -> list[int]:
     return [len(document) for document in documents]
 
 
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive int")
-
-
 def pad_batch(documents: Sequence[Tensor], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     """One document per row, right-padded with `pad_id` to the longest: (B, Lmax) tokens and (B,) lengths."""
     lengths = _check_documents(documents)
@@ -74,7 +70,7 @@ def pack_documents(documents: Sequence[Tensor], length: int, pad_id: int = 0) ->
     row the documents' segment ids are 0, 1, 2, ...; the unused tail is filled with `pad_id` and gets one more id,
     a segment of its own, so it never reads a real document (and its logits are to be ignored)."""
     lengths = _check_documents(documents)
-    _check_positive_int("length", length)
+    check_positive("length", length)
     if max(lengths) > length:
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         raise ValueError(f"documents[{longest}] has {lengths[longest]} tokens, more than a row's length={length}; "
@@ -106,11 +102,11 @@ def _check_lengths(lengths: Tensor | Sequence[int], row_length: int, rows: int |
     if not isinstance(values, (list, tuple)) or not values \
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in values):
         raise ValueError(f"lengths={values!r} must be a non-empty 1-D list or tensor of positive ints")
-    _check_positive_int("row_length", row_length)
+    check_positive("row_length", row_length)
     if max(values) > row_length:
         raise ValueError(f"a length of {max(values)} exceeds row_length={row_length}")
     rows = len(values) if rows is None else rows
-    _check_positive_int("rows", rows)
+    check_positive("rows", rows)
     if sum(values) > rows * row_length:
         raise ValueError(f"{sum(values)} tokens do not fit in rows={rows} of row_length={row_length}")
     return list(values), rows

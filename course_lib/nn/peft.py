@@ -19,10 +19,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-
-def _check_positive_int(argument: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{argument}={value!r} must be a positive int")
+from course_lib.models._common import check_positive
 
 
 class LoRALinear(nn.Module):
@@ -30,7 +27,7 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None) -> None:
         super().__init__()
-        _check_positive_int("rank", rank)
+        check_positive("rank", rank)
         if rank > min(base.in_features, base.out_features):
             raise ValueError(f"rank={rank} exceeds min(in_features, out_features) = "
                              f"{min(base.in_features, base.out_features)}")
@@ -83,7 +80,7 @@ class ParallelAdapter(nn.Module):
 
     def __init__(self, mlp: nn.Module, dim: int, bottleneck: int, scale: float = 0.1) -> None:
         super().__init__()
-        _check_positive_int("bottleneck", bottleneck)
+        check_positive("bottleneck", bottleneck)
         self.mlp, self.scale = mlp, scale
         self.down, self.up = nn.Linear(dim, bottleneck), nn.Linear(bottleneck, dim)
         nn.init.zeros_(self.up.weight), nn.init.zeros_(self.up.bias)
